@@ -79,8 +79,8 @@ def sha256_file(path: Path) -> str:
 
 
 def _fix_for(path: Path) -> str:
-    # A file under <data_dir>/weights/ is ours to rebuild; anything else was named by the user.
-    if path.parent.name == "weights":
+    # The converted default file is ours to rebuild; any other file was named by the user.
+    if path.name == _DEFAULT_FILE:
         return f"fix: run `python -m ila_core weights --data-dir {path.parent.parent}` (or `make weights`)"
     return "fix: point to an intact safetensors file with timm key names"
 
@@ -151,7 +151,9 @@ def _convert_default(target: Path, sidecar: Path) -> WeightsInfo:
     _check_keys(state, DEFAULT_MODEL_NAME, onnx_path, img_size=14 * 37, exact=True)
     from safetensors.torch import save
 
-    data = save(state, metadata={"model_name": DEFAULT_MODEL_NAME, "source_sha256": DEFAULT_ONNX_SHA256})
+    # One metadata key only: safetensors writes metadata in hash-map order, and several keys would make the
+    # bytes (and so the sha256 that checkpoint manifests record) differ between two conversions.
+    data = save(state, metadata={"model_name": DEFAULT_MODEL_NAME})
     out_sha = hashlib.sha256(data).hexdigest()
     target.parent.mkdir(parents=True, exist_ok=True)
     _sweep_stale_temps(target.parent)

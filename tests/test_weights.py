@@ -124,12 +124,15 @@ def test_tampered_default_without_convert_is_an_error(tampered_copy: Path) -> No
         W.ensure_default_weights(tampered_copy.parent.parent, convert=False)
 
 
-def test_tampered_default_is_rebuilt(tampered_copy: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """The fix command rebuilds a corrupt default file from the ONNX and says so in the log."""
+def test_tampered_default_is_rebuilt_identically(
+    converted: W.WeightsInfo, tampered_copy: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fix command rebuilds a corrupt default file, byte for byte as before, and says so in the log."""
     with caplog.at_level(logging.WARNING, logger="ila_core.weights"):
         info = W.ensure_default_weights(tampered_copy.parent.parent)
     assert "rebuilding" in caplog.text
-    assert W.sha256_file(tampered_copy) == info.sha256
+    # same bytes as the first conversion, so hashes recorded in adapter manifests stay valid after a rebuild
+    assert W.sha256_file(tampered_copy) == info.sha256 == converted.sha256
     assert not list(tampered_copy.parent.glob(".*.tmp"))
 
 
@@ -141,10 +144,19 @@ def test_missing_default_names_fix_command(tmp_path: Path) -> None:
 
 
 def test_missing_file_is_an_error(tmp_path: Path) -> None:
-    """verify_weights_file on a missing file names it and the fix."""
-    path = tmp_path / "weights" / "absent.safetensors"
-    with pytest.raises(W.WeightsError, match="not found.*make weights"):
+    """verify_weights_file on a missing default file names it and the fix."""
+    path = W.default_weights_path(tmp_path)
+    with pytest.raises(W.WeightsError, match="not found.*make weights") as exc:
         W.verify_weights_file(path)
+    assert str(path) in str(exc.value)
+
+
+def test_missing_user_file_is_an_error(tmp_path: Path) -> None:
+    """A missing user-named file is an error naming it, without suggesting the default-weights command."""
+    path = tmp_path / "weights" / "mine.safetensors"
+    with pytest.raises(W.WeightsError, match="not found") as exc:
+        W.file_weights(path, "test_vit")
+    assert str(path) in str(exc.value) and "ila_core weights" not in str(exc.value)
 
 
 def test_missing_package_names_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
