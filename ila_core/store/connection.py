@@ -9,9 +9,12 @@ so exceptions and connections agree with sqlite-utils.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import os
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlite_utils import Database
 from sqlite_utils.utils import sqlite3
@@ -22,6 +25,7 @@ __all__ = [
     "MIN_SQLITE_VERSION",
     "DEFAULT_BUSY_TIMEOUT_MS",
     "connect",
+    "create_database",
     "configure",
     "check_sqlite_version",
     "immediate",
@@ -86,6 +90,10 @@ def connect(path: Path | str, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
     path = Path(path)
     if not path.parent.is_dir():
         raise ValueError(f"directory {path.parent} does not exist")
+    if path.is_file() and path.stat().st_size == 0:
+        # SQLite would treat an empty file as a new database and we would migrate it silently;
+        # new stores are created whole (LabelStore.open), so an empty one is a truncated one.
+        raise StoreCorrupt(f"database corrupt: {path} is empty (0 bytes); restore from backup or delete it")
     with translate_errors("database"):
         # check_same_thread stays True: a cross-thread call fails loudly (WrongThread) instead of
         # racing on one connection. timeout= is the driver's busy handler, same as PRAGMA busy_timeout.
@@ -152,3 +160,46 @@ def immediate(db: Database) -> Iterator[Database]:
             conn.execute("ROLLBACK")
         raise
 
+
+
+def create_database(path: Path, *, initialise: Callable[[Database], Any]) -> None:
+    """Create a database at ``path`` atomically (it appears whole, ``initialise``-d, or not at all).
+
+    Built under a temporary name and hard-linked into place: ``os.link`` fails if another process
+    created the store first, and then we keep theirs (``os.replace`` would swap a live file away).
+    """
+    if not path.parent.is_dir():
+        raise ValueError(f"directory {path.parent} does not exist")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.new")
+    try:
+        with translate_errors("new database"):
+            db = Database(tmp)
+            try:
+                db.execute("PRAGMA synchronous = FULL")
+                initialise(db)
+            finally:
+                db.close()
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            _logger.info("store %s was created by another process meanwhile", path)
+        except OSError:
+            # Filesystems without hard links: a small race remains, accepted there.
+            if not path.exists():
+                os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # not supported here (e.g. Windows); the rename is still atomic
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

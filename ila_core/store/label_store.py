@@ -16,7 +16,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from .base import Clock, load_json_columns
-from .connection import DEFAULT_BUSY_TIMEOUT_MS, configure, connect
+from .connection import DEFAULT_BUSY_TIMEOUT_MS, configure, connect, create_database
 from .errors import UnknownCultivar, UnknownImage, translate_errors
 from .jobs import JobsMixin
 from .labels import LabelsMixin
@@ -79,6 +79,8 @@ class LabelStore(LabelsMixin, VersionsMixin, JobsMixin):
             StoreCorrupt: the file fails the check; it is not modified.
         """
         path = Path(path)
+        if not path.exists():
+            create_database(path, initialise=apply_migrations)
         db = connect(path, busy_timeout_ms=busy_timeout_ms, quick_check=quick_check)
         try:
             with translate_errors("schema migration"):
@@ -259,3 +261,4 @@ class LabelStore(LabelsMixin, VersionsMixin, JobsMixin):
     def cultivars(self) -> list[str]:
         """Cultivar names in creation (id) order, so class indices derived from it stay stable."""
         return [row["name"] for row in self._rows("SELECT name FROM cultivars ORDER BY id")]
+
