@@ -7,16 +7,18 @@ the paper's counter (torchprofile), normalisations, activations and softmax are 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .adapters import base_blocks
+from .adapters import MethodConfig, base_blocks
 from .attention import fused_attention_off
+from .config import BackboneConfig
 
-__all__ = ["ModelStats", "count_parameters", "tokens_per_block", "count_macs", "model_stats"]
+__all__ = ["ModelStats", "count_parameters", "tokens_per_block", "count_macs", "model_stats", "stats_for"]
 
 
 @dataclass(frozen=True)
@@ -85,3 +87,15 @@ def model_stats(model: nn.Module, image_size: int) -> ModelStats:
         macs=count_macs(model, image_size),
         image_size=image_size,
     )
+
+
+def stats_for(backbone: BackboneConfig, method: MethodConfig, num_classes: int) -> ModelStats:
+    """Stats of a configuration without allocating weights: the model is built on the meta device.
+
+    Counts do not depend on weight values, so the weights source is ignored (nothing is loaded).
+    """
+    from .backbone import build_model
+
+    with torch.device("meta"):
+        built = build_model(dataclasses.replace(backbone, weights="none", weights_file=None), method, num_classes)
+    return model_stats(built.model, backbone.image_size)

@@ -48,8 +48,8 @@ def _weights_kwargs(backbone: BackboneConfig, data_dir: Path | None) -> tuple[di
     elif backbone.weights == "file":
         info = weights.file_weights(Path(backbone.weights_file), backbone.name)
     else:
-        info = weights.WeightsInfo(path=None, sha256=None, source="hub", model_name=backbone.name)
-    return weights.timm_pretrained_kwargs(info), info.sha256
+        info = weights.hub_weights(backbone.name)
+    return weights.timm_pretrained_kwargs(info, img_size=backbone.image_size), info.sha256 or None
 
 
 def build_model(
