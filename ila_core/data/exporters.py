@@ -1,0 +1,220 @@
+"""Export the label store: ImageFolder tree, current-label CSV, label-history CSV, Label Studio JSON.
+
+* ``imagefolder``: ``out/<split>/<cultivar>/<sha256>.<ext>`` for every image with a current hard label
+  (split ``train``, ``holdout`` or ``unassigned``); built in a temporary folder and renamed into place, so
+  ``out`` appears complete or not at all. Cultivar names are percent-escaped where a file system would choke
+  (``/ \\ : * ? " < > | %``, a leading dot, a trailing dot or space); the importer decodes them again.
+* ``csv``: one row per image, header ``path,label,split,...`` so it can be imported again. ``label`` holds
+  only hard labels; ``unsure``/``between`` states are in ``label_kind``, ``tentative_label``, ``alt_label``.
+* ``history``: every label event in commit order (the append-only log, undo events included).
+* ``labelstudio``: a JSON list of tasks: ``data.image`` (a Label Studio local-files URL by default, relative
+  to the data directory), ``annotations`` from the current hard label and ``predictions`` (``model_version``,
+  ``score``) from the newest stored prediction. Results use ``from_name="cultivar"``, ``to_name="image"``.
+
+CSV cells that a spreadsheet would run as a formula (starting with ``= + - @``, tab or CR) get a leading
+apostrophe; the CSV importer strips it again.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from ..store import LabelStore
+from .archive import write_atomic
+from .importers import DB_NAME
+
+__all__ = ["export", "EXPORT_FORMATS", "neutralise_cell", "folder_name", "LABEL_STUDIO_PREFIX"]
+
+_logger = logging.getLogger(__name__)
+
+EXPORT_FORMATS = ("imagefolder", "csv", "history", "labelstudio")
+LABEL_STUDIO_PREFIX = "/data/local-files/?d="  # serve with LOCAL_FILES_DOCUMENT_ROOT = the data directory
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_UNSAFE_IN_NAMES = set('/\\:*?"<>|%')
+_PAGE = 5000
+
+CSV_COLUMNS = (
+    "path", "label", "split", "image_id", "sha256", "label_kind", "tentative_label", "alt_label", "labelled_by",
+    "labelled_at", "original_name", "width", "height", "format",
+)
+HISTORY_COLUMNS = (
+    "event_id", "client_event_id", "image_id", "sha256", "kind", "label", "alt_label", "replaces_event_id",
+    "restores_event_id", "user", "source", "note", "created_at",
+)
+
+
+def export(
+    data_dir: Path, out: Path, *, fmt: str, image_url_prefix: str = LABEL_STUDIO_PREFIX
+) -> dict[str, Any]:
+    """Write one export of the store in ``data_dir`` to ``out``.
+
+    Args:
+        data_dir: the app's data directory (holds ``ila.db`` and ``images/``).
+        out: a folder for 'imagefolder' (must be missing or empty), else a file (replaced atomically).
+        fmt: 'imagefolder', 'csv', 'history' or 'labelstudio'.
+        image_url_prefix: Label Studio only: prepended to each image's path relative to ``data_dir``.
+
+    Returns:
+        A summary: format, output path and counts.
+
+    Raises:
+        ValueError: unknown ``fmt``, or a non-empty ``out`` folder for 'imagefolder'.
+        FileNotFoundError: no store in ``data_dir``.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {fmt!r} (expected one of {', '.join(EXPORT_FORMATS)})")
+    data_dir, out = Path(data_dir), Path(out)
+    db_path = data_dir / DB_NAME
+    if not db_path.is_file():
+        raise FileNotFoundError(f"no label store at {db_path}")
+    with LabelStore.open(db_path) as store:
+        if fmt == "imagefolder":
+            counts = _export_imagefolder(store, data_dir, out)
+        elif fmt == "csv":
+            counts = _export_csv(store, data_dir, out)
+        elif fmt == "history":
+            counts = _export_history(store, out)
+        else:
+            counts = _export_labelstudio(store, out, image_url_prefix)
+    _logger.info("exported %s to %s: %s", fmt, out, counts)
+    return {"format": fmt, "out": str(out), **counts}
+
+
+def neutralise_cell(value: Any) -> str:
+    """A CSV cell that spreadsheets show as text: ``=1+1`` becomes ``'=1+1``; None becomes ``""``."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def folder_name(label: str) -> str:
+    """A cultivar name as one safe folder name; ``urllib.parse.unquote`` gives the name back."""
+    chars = [f"%{ord(c):02X}" if c in _UNSAFE_IN_NAMES or ord(c) < 32 else c for c in label]
+    if chars and chars[0] == ".":
+        chars[0] = "%2E"  # no hidden folders, no '.' or '..'
+    if chars and chars[-1] in (".", " "):
+        chars[-1] = f"%{ord(chars[-1]):02X}"  # Windows strips these
+    return "".join(chars)
+
+
+def _all_images(store: LabelStore) -> Iterator[dict[str, Any]]:
+    offset = 0
+    while page := store.images(limit=_PAGE, offset=offset):
+        yield from page
+        offset += len(page)
+
+
+def _stored_file(data_dir: Path, rel_path: str) -> Path:
+    path = (data_dir / rel_path).resolve()
+    if not path.is_relative_to(data_dir.resolve()):
+        raise ValueError(f"stored path {rel_path!r} leaves the data directory")
+    return path
+
+
+def _export_imagefolder(store: LabelStore, data_dir: Path, out: Path) -> dict[str, Any]:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not an empty folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.{uuid.uuid4().hex}.partial"
+    partial.mkdir()
+    copied, missing, per_split = 0, 0, Counter()
+    try:
+        for item in store.labelled_items():
+            source = _stored_file(data_dir, item.rel_path)
+            if not source.is_file():
+                _logger.warning("export: stored file for image %d is missing: %s", item.image_id, item.rel_path)
+                missing += 1
+                continue
+            split = item.split or "unassigned"
+            target = partial / split / folder_name(item.label) / source.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            copied += 1
+            per_split[split] += 1
+        if out.exists():
+            out.rmdir()  # empty (checked above); os.replace cannot swap onto it everywhere
+        os.replace(partial, out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return {"images": copied, "missing": missing, "splits": dict(per_split)}
+
+
+def _write_csv(out: Path, columns: tuple[str, ...], rows: list[list[Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(columns)
+    writer.writerows([neutralise_cell(cell) for cell in row] for row in rows)
+    write_atomic(out, buf.getvalue().encode("utf-8"))
+
+
+def _export_csv(store: LabelStore, data_dir: Path, out: Path) -> dict[str, Any]:
+    rows, labelled = [], 0
+    for image in _all_images(store):
+        current = store.current_label(image["id"]) if image["label_kind"] else None
+        kind = current["kind"] if current else None
+        hard = current["label"] if kind == "label" else None
+        labelled += hard is not None
+        rows.append([
+            _stored_file(data_dir, image["rel_path"]), hard, image["split"], image["id"], image["sha256"], kind,
+            current["label"] if current and kind != "label" else None, current and current["alt_label"],
+            current and current["user"], current and current["created_at"], image["original_name"],
+            image["width"], image["height"], image["format"],
+        ])
+    _write_csv(out, CSV_COLUMNS, rows)
+    return {"images": len(rows), "labelled": labelled}
+
+
+def _export_history(store: LabelStore, out: Path) -> dict[str, Any]:
+    sha = {image["id"]: image["sha256"] for image in _all_images(store)}
+    rows = [
+        [e["id"], e["client_event_id"], e["image_id"], sha.get(e["image_id"]), e["kind"], e["label"], e["alt_label"],
+         e["replaces_event_id"], e["restores_event_id"], e["user"], e["source"], e["note"], e["created_at"]]
+        for e in store.label_history()
+    ]
+    _write_csv(out, HISTORY_COLUMNS, rows)
+    return {"events": len(rows)}
+
+
+def _choice(label: str) -> dict[str, Any]:
+    return {"from_name": "cultivar", "to_name": "image", "type": "choices", "value": {"choices": [label]}}
+
+
+def _export_labelstudio(store: LabelStore, out: Path, prefix: str) -> dict[str, Any]:
+    tasks, annotated, predicted = [], 0, 0
+    for image in _all_images(store):
+        task: dict[str, Any] = {
+            "id": image["id"],
+            "data": {
+                "image": prefix + quote(image["rel_path"]),
+                "sha256": image["sha256"],
+                "split": image["split"],
+                "original_name": image["original_name"],
+            },
+            "annotations": [],
+            "predictions": [],
+        }
+        if image["label_kind"] == "label":
+            task["annotations"].append({"result": [_choice(image["label"])], "was_cancelled": False})
+            annotated += 1
+        prediction = store.latest_prediction(image["id"])
+        if prediction and prediction["topk"]:
+            best = prediction["topk"][0]
+            task["predictions"].append({
+                "model_version": f"v{prediction['model_version_id']}",
+                "score": float(best["prob"]),
+                "result": [_choice(best["label"])],
+            })
+            predicted += 1
+        tasks.append(task)
+    write_atomic(out, json.dumps(tasks, ensure_ascii=False, indent=1).encode("utf-8"))
+    return {"tasks": len(tasks), "annotations": annotated, "predictions": predicted}

@@ -1,0 +1,266 @@
+"""Import leaf images (and their labels) into a data directory from common dataset layouts.
+
+Layouts (``fmt``; ``"auto"`` detects them, see :func:`detect_layout`):
+
+* ``imagefolder``: ``root/<cultivar>/*.png``; optionally split first, ``root/{train,holdout,test,val}/<cultivar>/``
+  (test/val become our ``holdout``; ``unassigned/`` means no split). Files directly under ``root`` (or a split
+  folder) are imported unlabelled. Folder names are percent-decoded, the inverse of the exporter's escaping.
+* ``csv``: header ``path,label[,split]`` (extra columns ignored); paths relative to the CSV or absolute; an
+  empty label imports unlabelled; a leading apostrophe that our exporter added before ``= + - @`` is removed.
+* ``ufg``: the UFG benchmark releases. Flat folders of ``<class>_<index>_<train|test>.<ext>`` (Cotton80,
+  SoyLocal, SoyGlobal); ``images/`` + ``anno/{train,test}.txt`` with lines ``<file> <class>`` (SoyGene); and
+  SoyAgeing's ``R1 R3 R4 R5 R6`` folders of the latter (the stage goes to ``metadata["growth_stage"]``).
+  The 1-based class id becomes the cultivar ``cultivar_0001`` (four digits: the largest set has 1,938 classes);
+  UFG ``test`` becomes ``holdout``.
+* a ``.zip`` of any of these, extracted safely first (no absolute or ``..`` names, no links, entry count,
+  size and compression-ratio caps); paths in a CSV inside a zip must stay inside the zip.
+
+Every file goes through :func:`ila_core.images.load_image`; accepted images are re-encoded without metadata
+and written content-addressed under ``<data_dir>/images/`` (temp file, fsync, rename) before the store row
+is added. Duplicates are recognised by the sha256 of the file's bytes, which matches either an earlier
+upload or a stored copy (so re-importing our own export adds nothing). A duplicate's label is applied only
+when the stored image has no label yet; an existing label is never overwritten by an import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ..images import (
+    BadImage,
+    ImageLimits,
+    LoadedImage,
+    encode_for_storage,
+    load_image,
+    safe_stored_name,
+    storage_extension,
+)
+from ..store import LabelStore, StoreError
+from ..store.validation import check_label
+from .archive import ArchiveRefused, ZipLimits, extract_zip, write_atomic
+from .layouts import FORMATS, PlannedFile, detect_layout, plan, ufg_label
+
+__all__ = ["ImportResult", "ZipLimits", "import_path", "detect_layout", "summarise", "ufg_label", "DB_NAME"]
+
+_logger = logging.getLogger(__name__)
+
+DB_NAME = "ila.db"
+
+Status = Literal["imported", "duplicate", "rejected"]
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What happened to one file: ``status`` is imported, duplicate or rejected (with a reason)."""
+
+    file: str  # as the user knows it: relative to the import root, ``archive.zip!inner/path`` in a zip
+    status: Status
+    reason: str | None = None
+    image_id: int | None = None
+    label: str | None = None
+    split: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for one JSON line."""
+        return asdict(self)
+
+
+def import_path(
+    path: Path,
+    data_dir: Path,
+    *,
+    fmt: str = "auto",
+    user: str | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    split: str | None = None,
+    limits: ImageLimits = ImageLimits(),
+    zip_limits: ZipLimits = ZipLimits(),
+) -> Iterator[ImportResult]:
+    """Import a folder, CSV, zip or single image into ``data_dir``, one result per file.
+
+    A generator: consume it in one thread (it holds a store connection until exhausted or closed).
+
+    Args:
+        path: what to import.
+        data_dir: the app's data directory (``ila.db`` and ``images/`` inside; created if missing).
+        fmt: 'auto', 'imagefolder', 'csv' or 'ufg'.
+        user: recorded as uploader and labeller.
+        on_progress: called with (done, total) after each file.
+        split: 'train' or 'holdout' for every new image, overriding the layout; None keeps the layout's.
+        limits: image caps (bytes, pixels, output size).
+        zip_limits: archive caps.
+
+    Yields:
+        One :class:`ImportResult` per file, in a stable order.
+
+    Raises:
+        ValueError: unknown ``fmt``/``split``, no recognisable layout, or a CSV without ``path,label``.
+        FileNotFoundError: ``path`` does not exist.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown import format {fmt!r} (expected one of {', '.join(FORMATS)})")
+    if split is not None and split not in ("train", "holdout"):
+        raise ValueError(f"split must be 'train', 'holdout' or None, got {split!r}")
+    path, data_dir = Path(path), Path(data_dir)
+    if not path.exists():
+        raise FileNotFoundError(f"nothing to import at {path}")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        if path.is_file() and path.suffix.lower() == ".zip":
+            cache = data_dir / "cache"
+            cache.mkdir(exist_ok=True)
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="import-", dir=cache)))
+            try:
+                refused = extract_zip(path, root, zip_limits)
+            except ArchiveRefused as exc:
+                yield ImportResult(path.name, "rejected", str(exc))
+                return
+            yield from (ImportResult(f"{path.name}!{name}", "rejected", why) for name, why in refused)
+            items = plan(root, fmt, confine=True, prefix=f"{path.name}!")
+        else:
+            items = plan(path, fmt)
+        store = stack.enter_context(LabelStore.open(data_dir / DB_NAME))
+        ingest = _Ingester(store, data_dir, user=user, limits=limits)
+        for done, item in enumerate(items, start=1):
+            yield ingest(item, split)
+            if on_progress is not None:
+                on_progress(done, len(items))
+
+
+def summarise(results: Iterable[ImportResult]) -> dict[str, Any]:
+    """Counts per status, labels applied, and the most common rejection reasons."""
+    results = list(results)
+    status = Counter(r.status for r in results)
+    reasons = Counter(r.reason for r in results if r.status == "rejected")
+    return {
+        "total": len(results),
+        "imported": status["imported"],
+        "duplicate": status["duplicate"],
+        "rejected": status["rejected"],
+        "labelled": sum(1 for r in results if r.status == "imported" and r.label is not None),
+        "reasons": dict(reasons.most_common(20)),
+    }
+
+
+# -- ingest: item -> stored image + label ---------------------------------------------------------
+
+
+class _Ingester:
+    """Turns planned items into stored images, label events and results (one store connection)."""
+
+    def __init__(self, store: LabelStore, data_dir: Path, *, user: str | None, limits: ImageLimits) -> None:
+        self.store, self.data_dir, self.user, self.limits = store, data_dir, user, limits
+        self.stored = self._stored_hashes()
+
+    def _stored_hashes(self) -> dict[str, int]:
+        """sha256 of each stored copy -> image id, so a re-imported export is a duplicate."""
+        out: dict[str, int] = {}
+        offset = 0
+        while page := self.store.images(limit=5000, offset=offset):
+            out.update({r["metadata"]["stored_sha256"]: r["id"] for r in page if "stored_sha256" in r["metadata"]})
+            offset += len(page)
+        return out
+
+    def __call__(self, item: PlannedFile, split_override: str | None) -> ImportResult:
+        if item.error is not None:
+            return ImportResult(item.display, "rejected", item.error)
+        label, split = item.label, split_override or item.split
+        if label is not None:
+            try:
+                check_label(label)
+            except ValueError as exc:
+                return ImportResult(item.display, "rejected", f"bad label: {exc}")
+        try:
+            raw = _read_capped(item.path, self.limits.max_bytes)
+        except BadImage as exc:
+            return ImportResult(item.display, "rejected", str(exc))
+        except OSError as exc:
+            return ImportResult(item.display, "rejected", f"cannot read file: {exc.strerror or exc}")
+        sha = hashlib.sha256(raw).hexdigest()
+        try:
+            existing = self._known(sha)
+            if existing is not None:
+                return self._duplicate(item, existing, label)
+            try:
+                loaded = load_image(raw, limits=self.limits)
+            except BadImage as exc:
+                return ImportResult(item.display, "rejected", str(exc))
+            encoded = encode_for_storage(loaded)
+            stored_sha = hashlib.sha256(encoded).hexdigest()
+            existing = self._known(stored_sha)
+            if existing is not None:
+                return self._duplicate(item, existing, label)
+            return self._store_new(item, loaded, encoded, stored_sha, label, split)
+        except StoreError as exc:
+            return ImportResult(item.display, "rejected", f"store error: {exc}")
+
+    def _known(self, sha: str) -> dict[str, Any] | None:
+        row = self.store.image_by_sha256(sha)
+        if row is None and sha in self.stored:
+            row = self.store.image(self.stored[sha])
+        return row
+
+    def _store_new(
+        self,
+        item: PlannedFile,
+        loaded: LoadedImage,
+        encoded: bytes,
+        stored_sha: str,
+        label: str | None,
+        split: str | None,
+    ) -> ImportResult:
+        rel_path = "images/" + safe_stored_name(loaded.sha256, storage_extension(loaded))
+        target = self.data_dir / rel_path
+        existed = target.exists()
+        write_atomic(target, encoded)
+        try:
+            metadata = {**item.metadata, "stored_sha256": stored_sha, "notes": list(loaded.notes)}
+            image_id, created = self.store.add_image(
+                sha256=loaded.sha256, rel_path=rel_path, width=loaded.width, height=loaded.height, fmt=loaded.format,
+                original_name=item.path.name, metadata=metadata, split=split, user=self.user,
+            )
+        except BaseException:
+            if not existed:
+                target.unlink(missing_ok=True)  # no row, no file
+            raise
+        if not created:  # another writer stored the same bytes a moment ago
+            return self._duplicate(item, self.store.image(image_id), label)
+        self.stored[stored_sha] = image_id
+        if label is not None:
+            try:
+                self._record(image_id, loaded.sha256, label)
+            except (StoreError, ValueError) as exc:
+                return ImportResult(item.display, "imported", f"label not saved: {exc}", image_id, None, split)
+        return ImportResult(item.display, "imported", None, image_id, label, split)
+
+    def _duplicate(self, item: PlannedFile, row: dict[str, Any], label: str | None) -> ImportResult:
+        image_id, kind, current = row["id"], row.get("label_kind"), row.get("label")
+        reason = f"already stored as image {image_id}"
+        if label is not None and kind is None:
+            self._record(image_id, row["sha256"], label)
+            reason += "; label applied"
+        elif label is not None and (kind != "label" or current != label):
+            reason += f" with label {current!r} ({kind}); import label {label!r} not applied"
+        return ImportResult(item.display, "duplicate", reason, image_id, label, row.get("split"))
+
+    def _record(self, image_id: int, sha: str, label: str) -> None:
+        # Deterministic event id: re-running the same import never stores the same label twice.
+        label_key = hashlib.sha256(label.encode()).hexdigest()[:16]
+        self.store.record_label(image_id, label, client_event_id=f"import:{sha}:{label_key}", user=self.user,
+                                source="import")
+
+
+def _read_capped(path: Path, cap: int) -> bytes:
+    size = path.stat().st_size
+    if size > cap:
+        raise BadImage(f"file too large: {size / 1e6:.1f} MB > limit {cap / 1e6:g} MB")
+    with path.open("rb") as fh:
+        return fh.read(cap + 1)
