@@ -173,12 +173,18 @@ class LabelsMixin(EventsBase):
         return LabelResult(event_id, True, current["label"], False, restored["label"] if restored else None)
 
     def current_label(self, image_id: int) -> dict[str, Any] | None:
-        """The image's current label event (with ``label``, ``kind``, ``alt_label``, ``user``), or None."""
+        """The image's current label event, or None when it has none (never labelled, or undone to empty).
+
+        Keys: ``id`` (the event id), ``kind``, ``label``, ``alt_label``, ``user``, ``source``, ``note``,
+        ``created_at``, ``client_event_id``, ``replaces_event_id``, ``restores_event_id``, ``image_id``.
+        """
         self._require_image(image_id)
         return self._current_event(image_id)
 
     def label_history(self, image_id: int | None = None, *, limit: int | None = None) -> list[dict[str, Any]]:
         """Label events in commit (id) order, for one image or all; ``limit`` keeps the newest ones."""
+        if image_id is not None:
+            self._require_image(image_id)
         where, params = ("WHERE e.image_id = ?", [image_id]) if image_id is not None else ("", [])
         if limit is None:
             return self._rows(f"{EVENT_SELECT} {where} ORDER BY e.id", params)
