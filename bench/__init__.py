@@ -1,0 +1,1 @@
+"""Benchmarks: each script measures ratios side by side in one run and writes bench/results/*.json."""
