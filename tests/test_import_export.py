@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ila_core.data.archive import ZipLimits
+from ila_core.data.archive import ZipLimits, sweep_stale, write_atomic
 from ila_core.data.exporters import export, folder_name, neutralise_cell
 from ila_core.data.importers import ImportResult, detect_layout, import_path, summarise, ufg_label
 from ila_core.store import LabelStore
@@ -433,3 +434,34 @@ def test_ufg_label_is_one_based():
     assert ufg_label(1) == "cultivar_0001" and ufg_label(1938) == "cultivar_1938"
     with pytest.raises(ValueError):
         ufg_label(0)
+
+
+def test_write_failure_reports_and_leaves_no_file(split_tree, tmp_path, monkeypatch):
+    """A disk error while publishing a file rejects that file with the reason and leaves no temp file or row."""
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    (tmp_path / "data").mkdir()
+    LabelStore.open(tmp_path / "data" / "ila.db").close()
+    monkeypatch.setattr(os, "fsync", no_space)
+    results = _run(split_tree, tmp_path / "data")
+    assert {r.reason for r in results} == {"could not store the image: No space left on device"}
+    assert _stored_files(tmp_path / "data") == []
+    with LabelStore.open(tmp_path / "data" / "ila.db") as store:
+        assert store.count_images() == 0
+
+
+def test_sweep_removes_only_old_leftovers(tmp_path):
+    """Stale temp files and import folders go; a fresh temp file and published files stay."""
+    write_atomic(tmp_path / "images" / "ab" / "done.png", b"x")
+    old_tmp, new_tmp = tmp_path / "images" / "ab" / ".a.png.1.tmp", tmp_path / "images" / "ab" / ".b.png.2.tmp"
+    old_dir = tmp_path / "cache" / "import-old"
+    for path in (old_tmp, new_tmp):
+        path.write_bytes(b"partial")
+    old_dir.mkdir(parents=True)
+    for path in (old_tmp, old_dir):
+        os.utime(path, (1, 1))
+    assert sweep_stale(tmp_path) == 2
+    assert new_tmp.exists() and (tmp_path / "images" / "ab" / "done.png").exists()
+    assert not old_tmp.exists() and not old_dir.exists()

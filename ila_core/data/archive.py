@@ -8,9 +8,12 @@ ratio) and extracted with a counter on the bytes that actually come out of the d
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
+import shutil
 import stat
+import time
 import uuid
 import zipfile
 from dataclasses import dataclass
@@ -18,7 +21,10 @@ from pathlib import Path, PurePosixPath
 
 from .layouts import is_hidden
 
-__all__ = ["ZipLimits", "ArchiveRefused", "extract_zip", "write_atomic"]
+__all__ = ["ZipLimits", "ArchiveRefused", "extract_zip", "write_atomic", "sweep_stale"]
+
+
+_logger = logging.getLogger(__name__)
 
 
 class ArchiveRefused(ValueError):
@@ -123,3 +129,25 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def sweep_stale(data_dir: Path, *, older_than_s: float = 3600.0) -> int:
+    """Remove what a killed import left behind: ``images/**/.*.tmp`` files and ``cache/import-*`` folders.
+
+    Only entries older than ``older_than_s`` are removed, so an import running right now keeps its files.
+
+    Returns:
+        The number of files and folders removed.
+    """
+    cutoff = time.time() - older_than_s
+    stale = [p for p in (Path(data_dir) / "images").rglob(".*.tmp") if p.is_file()]
+    stale += [p for p in (Path(data_dir) / "cache").glob("import-*") if p.is_dir()]
+    removed = 0
+    for path in stale:
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < cutoff:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+                removed += 1
+    if removed:
+        _logger.info("removed %d stale import leftovers under %s", removed, data_dir)
+    return removed

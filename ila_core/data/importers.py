@@ -201,6 +201,8 @@ class _Ingester:
             return self._store_new(item, loaded, encoded, stored_sha, label, split)
         except StoreError as exc:
             return ImportResult(item.display, "rejected", f"store error: {exc}")
+        except OSError as exc:  # disk full, permissions: this file is not stored, the next may be
+            return ImportResult(item.display, "rejected", f"could not store the image: {exc.strerror or exc}")
 
     def _known(self, sha: str) -> dict[str, Any] | None:
         row = self.store.image_by_sha256(sha)
