@@ -41,3 +41,12 @@ def tiny_vit(tiny_backbone, ila_config):
     from ila_core.backbone import build_model
 
     return build_model(tiny_backbone, ila_config, num_classes=3).model
+
+
+@pytest.fixture
+def store():
+    """An empty in-memory LabelStore."""
+    from ila_core.store import LabelStore
+
+    with LabelStore.in_memory() as s:
+        yield s
