@@ -463,7 +463,7 @@ _MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I"]
 _FORMATS = ["PNG", "JPEG", "WEBP", "TIFF", "GIF"]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     mode=st.sampled_from(_MODES),
     fmt=st.sampled_from(_FORMATS),
