@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter, NullFormatter, ScalarFormatter
 
 __all__ = [
     "training_curves_figure",
@@ -173,10 +174,20 @@ def efficiency_figure(results: Sequence[Mapping[str, Any]], *, title: str = "Acc
     fig = Figure(figsize=(7, 5), layout="constrained")
     ax = fig.subplots()
     for name, acc, gmacs, params in pts:
-        size = 40 + 1500 * math.sqrt(params / biggest)  # area grows with sqrt so small methods stay visible
+        size = 60 + 1500 * math.sqrt(params / biggest)  # area grows with sqrt so small methods stay visible
         ax.scatter(gmacs, acc, s=size, alpha=0.55, edgecolors="black", linewidths=0.5)
-        ax.annotate(f"{name}\n{params / 1e6:.2f}M", (gmacs, acc), ha="center", va="center", fontsize="x-small")
+        offset = 4 + 0.5 * math.sqrt(size)  # points: just above the marker's edge
+        ax.annotate(f"{name} ({params / 1e6:.2f}M)", (gmacs, acc), xytext=(0, offset), textcoords="offset points",
+                    ha="center", va="bottom", fontsize="x-small")  # fmt: skip
     ax.set_xscale("log")
+    xs, ys = [p[2] for p in pts], [p[1] for p in pts]
+    ax.set_xlim(min(xs) / 1.3, max(xs) * 1.3)  # room for the largest markers and their labels
+    pad = max(2.0, 0.15 * (max(ys) - min(ys)))
+    ax.set_ylim(min(ys) - pad, max(ys) + 2 * pad)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    # label minor ticks plainly over a narrow range; over several decades they would collide
+    narrow = max(xs) / min(xs) < 20
+    ax.xaxis.set_minor_formatter(FormatStrFormatter("%g") if narrow else NullFormatter())
     ax.set_xlabel("GMACs per image (log scale)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"{title} (marker size ~ trainable parameters)")
