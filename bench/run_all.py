@@ -1,0 +1,38 @@
+"""``make bench``: run every benchmark script in turn, then refresh the README's benchmark section."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import subprocess
+import sys
+
+_logger = logging.getLogger(__name__)
+
+SCRIPTS = [  # (module, extra args)
+    ("bench.bench_latency", []),
+    ("bench.bench_feature_cache", []),
+    ("bench.bench_explain", []),
+    ("bench.synthetic_probe", ["--data-dir", "data"]),
+    ("bench.bench_load", []),
+]
+
+
+def main() -> int:
+    failed = []
+    for module, extra in SCRIPTS:
+        if importlib.util.find_spec(module) is None:
+            _logger.warning("skipping %s: not present", module)
+            continue
+        _logger.info("running %s", module)
+        if subprocess.run([sys.executable, "-m", module, *extra]).returncode != 0:
+            failed.append(module)
+    subprocess.run([sys.executable, "-m", "bench.report"], check=True)
+    if failed:
+        _logger.error("failed: %s", ", ".join(failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    raise SystemExit(main())
