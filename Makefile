@@ -32,7 +32,7 @@ run: weights
 	$(PY) app.py --data-dir $(DATA_DIR)
 
 test: install-test
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 bench: install-test weights
 	$(PY) -m bench.run_all
