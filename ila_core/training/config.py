@@ -1,0 +1,127 @@
+"""The training recipe as a frozen dataclass, with the paper's recipe and a quick demo preset.
+
+``paper`` follows ILA_SPEC section 3 (the official ``*_ft_weakaugs`` configs): SGD with Nesterov momentum
+0.9, lr 0.1, no weight decay, batch 8, 50 epochs, per-iteration cosine to 1e-5 after 500 linear warm-up
+iterations from 1e-6, gradient-norm clip 1.0, fp16 autocast (on CUDA only: fp16/bf16 on CPU is slower than
+fp32), weak augmentation, backbone dropout 0.1 in train mode.
+
+``quick`` is for the demo-sized sets the app starts with (e.g. 8 cultivars x 20 images) on 2 CPU cores: a
+few epochs under a time budget, a short warm-up, a larger batch, and the frozen-prefix feature cache on.
+The cache needs a fully frozen prefix, so ``quick`` also freezes the CLS token (``freeze_cls_token``):
+the paper trains it, but with it trainable only the patch embedding could be cached (see
+:mod:`ila_core.training.feature_cache`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["TrainConfig", "PRESETS", "preset", "resolve_device"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How adapters and head are trained (ILA_SPEC 3). Use :func:`preset` to start from a named recipe."""
+
+    epochs: int = 50
+    batch_size: int = 8
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True  # timm's "sgd" is SGD with Nesterov momentum
+    weight_decay: float = 0.0
+    warmup_steps: int = 500  # linear warm-up iterations (not a prefix: the cosine spans the whole run)
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    clip_grad: float | None = 1.0  # global gradient norm
+    amp: bool = True  # fp16 autocast + GradScaler, applied on CUDA only
+    seed: int = 1
+    image_size: int | None = None  # None: the backbone's configured size
+    resize_ratio: float = 1.34  # square resize to int(ratio * S) before the S crop
+    hflip: bool = True
+    drop_rate: float = 0.1  # dropout inside the frozen blocks, active in train mode (paper)
+    minutes: float | None = None  # wall-clock budget for the epochs; None = no budget
+    use_feature_cache: bool = False
+    freeze_cls_token: bool = False  # quick preset: lets the blocks before the first adapter be cached
+    num_workers: int = 0  # DataLoader workers (0 = main thread; cached features always use 0)
+    device: str = "auto"  # "auto" = cuda if available, else cpu
+    eval_batch_size: int = 32
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.num_workers < 0:
+            raise ValueError("warmup_steps and num_workers must be >= 0")
+        for name in ("lr", "warmup_lr", "min_lr"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.momentum < 1.0 or self.weight_decay < 0:
+            raise ValueError("momentum must be in [0, 1) and weight_decay >= 0")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0")
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            raise ValueError(f"clip_grad must be > 0 or None, got {self.clip_grad}")
+        if self.image_size is not None and self.image_size < 8:
+            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+        if self.resize_ratio < 1.0:
+            raise ValueError(f"resize_ratio must be >= 1, got {self.resize_ratio}")
+        if not 0.0 <= self.drop_rate < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError("drop_rate and label_smoothing must be in [0, 1)")
+        if self.minutes is not None and self.minutes <= 0:
+            raise ValueError(f"minutes must be > 0 or None, got {self.minutes}")
+        if not (self.device in ("auto", "cpu") or self.device.startswith(("cuda", "mps"))):
+            raise ValueError(f"device must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (recorded in manifests and job params)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown training settings: {sorted(unknown)}")
+        return cls(**data)
+
+
+PRESETS: dict[str, TrainConfig] = {
+    "paper": TrainConfig(),
+    "quick": TrainConfig(
+        epochs=15,
+        batch_size=16,
+        lr=0.05,
+        warmup_steps=20,
+        warmup_lr=1e-4,
+        min_lr=1e-4,
+        minutes=4.0,
+        drop_rate=0.0,  # the cached prefix runs without dropout; keep the rest consistent with it
+        use_feature_cache=True,
+        freeze_cls_token=True,
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> TrainConfig:
+    """A named recipe (``paper`` or ``quick``) with field overrides; ``None`` overrides are ignored."""
+    try:
+        base = PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(base, **overrides) if overrides else base
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; anything else unchanged."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

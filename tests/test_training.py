@@ -1,0 +1,191 @@
+"""Training recipe, schedule, metrics, data snapshot and the fit loop on the tiny model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from ila_core.store import LabelStore
+from ila_core.training.config import PRESETS, TrainConfig, preset
+from ila_core.training.dataset import image_path, snapshot
+from ila_core.training.fit import fit, prepare_model
+from ila_core.training.loop import build_optimizer
+from ila_core.training.metrics import MetricAccumulator
+from ila_core.training.schedule import CosineWarmup
+from ila_core.training.toydata import add_toy_images, write_toy_store
+from ila_core.training.transforms import eval_transform, preprocess_for, train_transform
+
+FAST = dict(epochs=4, batch_size=8, warmup_steps=2, lr=0.05, minutes=None, use_feature_cache=False, drop_rate=0.0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # 2 shared cores: one intra-op thread is several times faster than two contended ones
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def toy(tmp_path):
+    store_path = write_toy_store(tmp_path, num_classes=3, train_per_class=8, holdout_per_class=2)
+    with LabelStore.open(store_path) as store:
+        data = snapshot(store, tmp_path)
+    return tmp_path, store_path, data
+
+
+def test_paper_preset_matches_the_recipe():
+    """The paper preset is SGD-Nesterov 0.9, lr 0.1, wd 0, batch 8, 50 epochs, cosine 500/1e-6/1e-5, clip 1, AMP."""
+    p = PRESETS["paper"]
+    assert (p.lr, p.momentum, p.nesterov, p.weight_decay, p.batch_size, p.epochs) == (0.1, 0.9, True, 0.0, 8, 50)
+    assert (p.warmup_steps, p.warmup_lr, p.min_lr, p.clip_grad, p.amp, p.drop_rate) == (500, 1e-6, 1e-5, 1.0, True, 0.1)
+    assert p.resize_ratio == 1.34 and p.hflip and not p.use_feature_cache
+
+
+@pytest.mark.parametrize("bad", [dict(epochs=0), dict(lr=0), dict(momentum=1.0), dict(clip_grad=0),
+                                 dict(minutes=-1), dict(device="tpu"), dict(nesterov=True, momentum=0.0)])
+def test_train_config_rejects_bad_values(bad):
+    """Invalid settings raise ValueError."""
+    with pytest.raises(ValueError):
+        TrainConfig(**bad)
+
+
+def test_preset_overrides_and_round_trip():
+    """preset() applies overrides (None ignored) and to_dict/from_dict round-trips."""
+    cfg = preset("quick", epochs=3, minutes=None)
+    assert cfg.epochs == 3 and cfg.minutes == PRESETS["quick"].minutes
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("fast")
+
+
+def test_schedule_matches_timm_cosine():
+    """Per-iteration warm-up + cosine equals timm's CosineLRScheduler (warmup_prefix=False, t_in_epochs=False)."""
+    from timm.scheduler import CosineLRScheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    ref = CosineLRScheduler(opt, t_initial=40, lr_min=1e-5, warmup_t=7, warmup_lr_init=1e-6, t_in_epochs=False)
+    ours = CosineWarmup(base_lr=0.1, total_steps=40, warmup_steps=7, warmup_lr=1e-6, min_lr=1e-5)
+    for step in range(45):
+        ref.step_update(step)
+        assert ours(step) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9), step
+
+
+def test_metrics_from_known_predictions():
+    """Top-1, top-k, macro-F1, per-class accuracy and the confusion matrix of a hand-made batch."""
+    logits = torch.tensor([[3.0, 2, 1], [3, 2, 1], [1, 3, 2], [2, 1, 3]])
+    targets = torch.tensor([0, 1, 1, 1])
+    acc = MetricAccumulator(3, topk=2)
+    acc.update(logits, targets)
+    m = acc.compute(["a", "b", "c"])
+    assert m.top1 == 0.5 and m.top5 == 0.75 and m.count == 4
+    assert m.confusion == [[1, 0, 0], [1, 1, 1], [0, 0, 0]]
+    assert m.per_class_accuracy == {"a": 1.0, "b": pytest.approx(1 / 3), "c": None}
+    # F1: a = 2/3, b = 2*1/(3+1) = 0.5, c = 0 (predicted once, never true)
+    assert m.macro_f1 == pytest.approx((2 / 3 + 0.5 + 0.0) / 3)
+
+
+def test_transforms_follow_the_weak_recipe(tiny_vit):
+    """Square resize to int(1.34 S), crop S; eval is deterministic; mean/std come from timm."""
+    from PIL import Image
+
+    prep = preprocess_for(tiny_vit, 96)
+    assert prep.resize == int(1.34 * 96) and prep.mean == (0.5, 0.5, 0.5)
+    img = Image.new("RGB", (200, 120), (255, 0, 0))
+    assert train_transform(prep)(img).shape == (3, 96, 96)
+    ev = eval_transform(prep)
+    torch.testing.assert_close(ev(img), ev(img))
+    assert float(ev(img)[0].mean()) == pytest.approx(1.0, abs=1e-3)  # red channel normalised to +1
+
+
+def test_optimizer_gets_only_trainable_parameters(tiny_vit):
+    """SGD receives exactly the requires_grad parameters."""
+    opt = build_optimizer(tiny_vit, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.0)
+    got = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert got == {id(p) for p in tiny_vit.parameters() if p.requires_grad}
+    assert opt.defaults["nesterov"]
+
+
+def test_snapshot_excludes_later_corrections(tmp_path):
+    """Labels recorded after the snapshot event are not in the training set (CON-09)."""
+    store_path = write_toy_store(tmp_path, num_classes=2, train_per_class=2, holdout_per_class=1)
+    with LabelStore.open(store_path) as store:
+        snap = store.last_event_id()
+        add_toy_images(store, tmp_path, 2, range(3), split="train")
+        first = store.labelled_items(split="train")[0]
+        store.record_label(first.image_id, "cultivar-1", client_event_id="late-fix")
+        old, new = snapshot(store, tmp_path, max_event_id=snap), snapshot(store, tmp_path)
+    assert old.class_names == ["cultivar-0", "cultivar-1"] and len(old.train) == 4
+    assert old.train[0].label == 0 and new.train[0].label == 1
+    assert new.class_names[-1] == "cultivar-2" and len(new.train) == 7
+
+
+def test_snapshot_skips_missing_files(toy):
+    """An image whose file vanished is left out and counted, not fatal."""
+    data_dir, store_path, data = toy
+    data.train[0].path.unlink()
+    with LabelStore.open(store_path) as store:
+        again = snapshot(store, data_dir)
+    assert len(again.train) == len(data.train) - 1 and again.skipped == {"image file missing": 1}
+
+
+def test_image_path_refuses_escapes(tmp_path):
+    """Stored paths stay inside the data directory."""
+    assert image_path(tmp_path, "images/ab.png") == tmp_path / "images" / "ab.png"
+    assert image_path(tmp_path, "ab.png") == tmp_path / "images" / "ab.png"
+    with pytest.raises(ValueError):
+        image_path(tmp_path, "../x.png")
+
+
+def test_loss_is_finite_and_decreases(toy, tiny_backbone, ila_config):
+    """A few epochs on the easy toy set: the loss is finite and ends lower than it starts."""
+    _, _, data = toy
+    cfg = TrainConfig(**{**FAST, "epochs": 8, "lr": 0.05})
+    built = prepare_model(tiny_backbone, ila_config, 3, cfg)
+    result = fit(built, data, cfg)
+    losses = [row["loss"] for row in result.history]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert min(losses[-2:]) < losses[0]
+    assert result.metrics is not None and result.metrics.count == len(data.holdout)
+
+
+def test_stop_is_honoured_between_batches(toy, tiny_backbone, ila_config):
+    """should_stop ends the run after the current batch, without evaluation."""
+    _, _, data = toy
+    cfg = TrainConfig(**FAST)
+    calls = []
+    result = fit(prepare_model(tiny_backbone, ila_config, 3, cfg), data, cfg,
+                 should_stop=lambda: len(calls) >= 2, on_progress=calls.append)  # fmt: skip
+    assert result.stopped and result.metrics is None and result.steps == 2
+
+
+def test_same_seed_same_weights(toy, tiny_backbone, ila_config):
+    """Two runs with the same seed give identical adapters; another seed does not."""
+    from ila_core.adapters import adapter_state_dict
+
+    _, _, data = toy
+    runs = []
+    for seed in (3, 3, 4):
+        cfg = TrainConfig(**{**FAST, "epochs": 1, "seed": seed})
+        built = prepare_model(tiny_backbone, ila_config, 3, cfg)
+        fit(built, data, cfg)
+        runs.append(adapter_state_dict(built.model)["head.weight"])
+    torch.testing.assert_close(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
+
+
+def test_time_budget_shortens_the_run(toy, tiny_backbone, ila_config):
+    """A tiny minutes budget trains fewer epochs than asked."""
+    _, _, data = toy
+    cfg = TrainConfig(**{**FAST, "epochs": 50, "minutes": 0.001})
+    result = fit(prepare_model(tiny_backbone, ila_config, 3, cfg), data, cfg)
+    assert 1 <= result.epochs < 50 and not result.stopped and result.metrics is not None
+
+
+def test_freeze_cls_token_option(tiny_backbone, ila_config):
+    """freeze_cls_token turns the method's CLS training off (needed for a cacheable prefix)."""
+    built = prepare_model(tiny_backbone, ila_config, 3, dataclasses.replace(TrainConfig(), freeze_cls_token=True))
+    assert not built.model.cls_token.requires_grad and built.model.head.weight.requires_grad

@@ -1,0 +1,121 @@
+"""Frozen-prefix feature cache: where the prefix ends, equal logits cached vs uncached, bounded storage."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from ila_core.adapters import ILAConfig, method_config
+from ila_core.checkpoint import build_reproducible
+from ila_core.store import LabelStore
+from ila_core.training.config import TrainConfig
+from ila_core.training.dataset import ImageDataset, snapshot
+from ila_core.training.feature_cache import CachedFeatures, FeatureCache, SuffixModel, plan_prefix, run_prefix
+from ila_core.training.fit import fit, prepare_model
+from ila_core.training.toydata import write_toy_store
+from ila_core.training.transforms import eval_transform, preprocess_for
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _built(tiny_backbone, method):
+    return build_reproducible(tiny_backbone, method, 3)
+
+
+def test_trainable_cls_limits_the_prefix_to_the_patch_embedding(tiny_backbone, ila_config):
+    """With the CLS token trainable, only the patch embedding is frozen (attention mixes CLS into patches)."""
+    plan = plan_prefix(_built(tiny_backbone, ila_config).model)
+    assert plan is not None and plan.embed_only and plan.describe() == "patch_embed"
+
+
+def test_frozen_cls_caches_blocks_before_the_first_adapter(tiny_backbone, ila_config):
+    """With the CLS frozen, blocks before the first DS-ILA and that block's base run in the prefix."""
+    plan = plan_prefix(_built(tiny_backbone, dataclasses.replace(ila_config, train_cls_token=False)).model)
+    assert (plan.embed_only, plan.full_blocks, plan.split_block) == (False, 1, True)
+
+
+def test_ila_plus_plus_prefix_is_the_embedding(tiny_backbone):
+    """ILA++ has adapters inside block 0, so only the embedding stage is cacheable."""
+    method = method_config("ila++", ds_locations=(1, 3), train_cls_token=False)
+    plan = plan_prefix(_built(tiny_backbone, method).model)
+    assert (plan.embed_only, plan.full_blocks, plan.split_block) == (False, 0, False)
+
+
+def test_full_finetune_has_no_prefix(tiny_backbone):
+    """Nothing is cacheable when the patch embedding trains."""
+    assert plan_prefix(_built(tiny_backbone, method_config("full")).model) is None
+
+
+@pytest.mark.parametrize("train_cls", [True, False])
+def test_cached_and_uncached_eval_logits_agree(tmp_path, tiny_backbone, train_cls):
+    """Eval-mode logits from fp16-cached prefix tokens equal the full forward within fp16 tolerance."""
+    store_path = write_toy_store(tmp_path, num_classes=3, train_per_class=2, holdout_per_class=1)
+    with LabelStore.open(store_path) as store:
+        data = snapshot(store, tmp_path)
+    built = _built(tiny_backbone, ILAConfig(ds_locations=(1, 3), train_cls_token=train_cls))
+    model = built.model.eval()
+    prep = preprocess_for(model, 96)
+    plan = plan_prefix(model)
+    features = CachedFeatures(model, plan, prep, FeatureCache(), "test")
+    samples = data.train + data.holdout
+    assert features.fill(samples, (0,)) == len(samples)
+    suffix = SuffixModel(model, plan).eval()
+    ds = ImageDataset(samples, eval_transform(prep))
+    with torch.no_grad():
+        full = model(torch.stack([ds[i][0] for i in range(len(ds))]))
+        cached = suffix(torch.stack([features.tokens(s, 0).float() for s in samples]))
+    torch.testing.assert_close(cached, full, atol=2e-2, rtol=1e-2)
+    assert features.fill(samples, (0,)) == 0  # second fill: everything is a hit
+
+
+def test_prefix_runs_without_dropout(tiny_backbone, ila_config):
+    """The prefix computes the same tokens in train mode as in eval mode (dropout off inside it)."""
+    built = build_reproducible(tiny_backbone, dataclasses.replace(ila_config, train_cls_token=False), 3, drop_rate=0.5)
+    model, plan = built.model.train(), plan_prefix(built.model)
+    x = torch.randn(2, 3, 96, 96)
+    torch.testing.assert_close(run_prefix(model, plan, x), run_prefix(model, plan, x))
+    assert model.training and model.blocks[0].training
+
+
+def test_cache_spills_to_disk_within_bounds(tmp_path):
+    """Entries beyond the memory budget go to disk, beyond the disk budget are dropped; disk entries reload."""
+    cache = FeatureCache(tmp_path / "cache", max_memory_mb=1 / 1024, max_disk_mb=2 / 1024)  # 1 KiB, 2 KiB
+    t = torch.arange(256, dtype=torch.float32)  # 512 bytes as fp16
+    for i in range(8):
+        cache.put(f"{i:02d}" * 32, t + i)
+    stats = cache.stats()
+    assert stats["memory_bytes"] <= 1024 and stats["disk_bytes"] <= 2048 and stats["dropped"] == 2
+    torch.testing.assert_close(cache.get("05" * 32).float(), t + 5)  # from disk
+    assert cache.get("07" * 32) is None
+    again = FeatureCache(tmp_path / "cache", max_memory_mb=1, max_disk_mb=1)
+    assert again.get("02" * 32) is not None  # persisted across instances
+
+
+def test_damaged_disk_entry_is_a_miss(tmp_path):
+    """A corrupt spilled entry is deleted and reported as a miss."""
+    cache = FeatureCache(tmp_path / "c", max_memory_mb=0, max_disk_mb=1)
+    key = "ab" * 32
+    cache.put(key, torch.ones(4))
+    path = tmp_path / "c" / "ab" / f"{key}.safetensors"
+    path.write_bytes(b"garbage")
+    assert cache.get(key) is None and not path.exists()
+
+
+def test_cached_training_learns(tmp_path, tiny_backbone, ila_config):
+    """fit with the cache on trains (finite, decreasing loss) and reports cache hits."""
+    store_path = write_toy_store(tmp_path, num_classes=3, train_per_class=8, holdout_per_class=2)
+    with LabelStore.open(store_path) as store:
+        data = snapshot(store, tmp_path)
+    cfg = TrainConfig(epochs=8, batch_size=8, warmup_steps=2, lr=0.05, drop_rate=0.0, use_feature_cache=True,
+                      freeze_cls_token=True)  # fmt: skip
+    result = fit(prepare_model(tiny_backbone, ila_config, 3, cfg), data, cfg)
+    losses = [r["loss"] for r in result.history]
+    assert min(losses[-2:]) < losses[0] and result.cache_stats["hits"] > 0
