@@ -186,7 +186,7 @@ def fit(
         features = CachedFeatures(model, plan, prep, cache, ident)
         todo = list(data.train) + list(data.holdout)
         features.fill(data.train, (0, 1) if config.hflip else (0,), batch_size=config.eval_batch_size, should_stop=stop,
-                      on_batch=lambda d, n: progress({"phase": "cache", "done": d, "total": n}))  # fmt: skip
+                      on_batch=lambda d, n: progress({"phase": "cache", "step": d, "total_steps": n}))  # fmt: skip
         features.fill(data.holdout, (0,), batch_size=config.eval_batch_size, should_stop=stop)
         _logger.info("feature cache (%s) ready for %d images: %s", plan.describe(), len(todo), cache.stats())
         train_ds: Dataset = CachedDataset(data.train, features, train=config.hflip, seed=config.seed)

@@ -1,0 +1,151 @@
+"""Model versions: publish a trained checkpoint, promote it (or not), roll back to any earlier one.
+
+A version is a checkpoint under ``<data_dir>/adapters/`` plus a ``model_versions`` row holding its path,
+sha256, manifest, holdout metrics, parent version and data snapshot. The store keeps exactly one version
+active and records every switch, so "rollback" is "activate an older version with reason rollback".
+Serving follows the store: :class:`~ila_core.training.predictor.Predictor` builds and validates the new
+model before swapping, and these functions take an optional predictor so the swap happens first and a
+version that fails validation is never marked active.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..backbone import BuiltModel
+from ..checkpoint import CheckpointInfo, check_state, save_checkpoint, verify_files
+from ..store import LabelStore
+
+if TYPE_CHECKING:
+    from .predictor import Predictor
+
+__all__ = [
+    "ADAPTERS_DIR",
+    "DB_NAME",
+    "adapters_dir",
+    "checkpoint_path",
+    "publish_version",
+    "should_promote",
+    "promote",
+    "rollback",
+    "previous_version_id",
+]
+
+_logger = logging.getLogger(__name__)
+
+ADAPTERS_DIR = "adapters"
+DB_NAME = "ila.db"
+
+
+def adapters_dir(data_dir: Path) -> Path:
+    """Where checkpoints live: ``<data_dir>/adapters``."""
+    return Path(data_dir) / ADAPTERS_DIR
+
+
+def checkpoint_path(data_dir: Path, version: Mapping[str, Any]) -> Path:
+    """Absolute checkpoint path of a ``model_versions`` row (its path is relative to the data directory)."""
+    return Path(data_dir) / version["path"]
+
+
+def publish_version(
+    store: LabelStore,
+    data_dir: Path,
+    built: BuiltModel,
+    *,
+    class_names: list[str],
+    metrics: Mapping[str, Any],
+    snapshot_event_id: int,
+    parent_id: int | None = None,
+    job_id: int | None = None,
+    train_config: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    fingerprint: str | None = None,
+) -> tuple[int, CheckpointInfo]:
+    """Write the checkpoint atomically, check it reads back, record a 'candidate' version.
+
+    Returns:
+        ``(version_id, checkpoint info)``.
+
+    Raises:
+        OSError: the write failed (e.g. "File too large"); no version row is written.
+        CheckpointError: the written file does not validate against the model (never recorded).
+    """
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    name = f"v{stamp}-{'j%d-' % job_id if job_id is not None else ''}{uuid.uuid4().hex[:8]}.safetensors"
+    info = save_checkpoint(
+        built, adapters_dir(data_dir) / name, class_names=class_names, metrics=metrics, parent_version=parent_id,
+        train_config=train_config, extra={**(extra or {}), "job_id": job_id, "snapshot_event_id": snapshot_event_id},
+        fingerprint=fingerprint,
+    )  # fmt: skip
+    _, state = verify_files(info.path)  # what the app will read: same bytes, same hash
+    check_state(state, built.model)
+    version_id = store.add_model_version(
+        path=info.path.relative_to(Path(data_dir)).as_posix(), sha256=info.sha256, manifest=info.manifest,
+        metrics=dict(metrics), parent_id=parent_id, snapshot_event_id=snapshot_event_id, job_id=job_id,
+    )  # fmt: skip
+    return version_id, info
+
+
+def should_promote(new_metrics: Mapping[str, Any], active: Mapping[str, Any] | None) -> bool:
+    """Auto-promotion rule: no active version, or holdout top-1 not worse than the active version's."""
+    if active is None:
+        return True
+    old, new = (active.get("metrics") or {}).get("top1"), new_metrics.get("top1")
+    if new is None:
+        return False
+    return old is None or float(new) >= float(old)
+
+
+def promote(
+    store: LabelStore, version_id: int, *, user: str | None = None, predictor: Predictor | None = None,
+    data_dir: Path | None = None, reason: str = "promote",
+) -> None:  # fmt: skip
+    """Make ``version_id`` active; with a predictor, its model is built and validated (and swapped in) first.
+
+    Raises:
+        UnknownVersion: no such version.
+        CheckpointError: the checkpoint does not validate; nothing changes.
+    """
+    version = store.model_version(version_id)
+    if predictor is not None:
+        predictor.activate(version)
+    elif data_dir is not None:
+        verify_files(checkpoint_path(data_dir, version))
+    store.activate_version(version_id, user=user, reason=reason)
+    _logger.info("model version %d active (%s by %s)", version_id, reason, user or "-")
+
+
+def previous_version_id(store: LabelStore) -> int | None:
+    """The version that was active before the current one (None if there was none)."""
+    history = store.version_history()
+    active = store.active_version()
+    if not history or active is None:
+        return None
+    for event in reversed(history):
+        if event["version_id"] == active["id"]:
+            return event["previous_version_id"]
+    return None
+
+
+def rollback(
+    store: LabelStore, version_id: int | None = None, *, user: str | None = None, predictor: Predictor | None = None,
+    data_dir: Path | None = None,
+) -> int:  # fmt: skip
+    """Activate an earlier version (default: the one active before the current), recorded as a rollback.
+
+    Returns:
+        The version id now active.
+
+    Raises:
+        ValueError: no version to roll back to.
+    """
+    target = version_id if version_id is not None else previous_version_id(store)
+    if target is None:
+        raise ValueError("no earlier model version to roll back to")
+    promote(store, target, user=user, predictor=predictor, data_dir=data_dir, reason="rollback")
+    return target
