@@ -34,7 +34,7 @@ from ..store import LabelStore, StoreError
 from .config import TrainConfig, preset
 from .dataset import snapshot
 from .feature_cache import FeatureCache
-from .fit import fit, prepare_model, share_frozen_weights
+from .fit import DistContext, fit, prepare_model, share_frozen_weights
 from .versions import DB_NAME, adapters_dir, promote, publish_version, should_promote
 
 __all__ = ["JOB_KIND", "job_params", "parse_job_params", "enqueue_training", "RunOutcome", "run_training", "Worker",
@@ -128,13 +128,16 @@ class _Reporter:
     """Throttled progress, heartbeats, cancellation checks and metric rows for one job."""
 
     def __init__(self, store: LabelStore, job_id: int, stop: threading.Event, interval_s: float,
-                 emit: EventCallback) -> None:  # fmt: skip
+                 emit: EventCallback, *, writes: bool = True, poll_cancel: bool = True) -> None:  # fmt: skip
         self.store, self.job_id, self.stop, self.interval, self.emit = store, job_id, stop, interval_s, emit
+        self.writes, self.poll_cancel = writes, poll_cancel  # DDP: only rank 0 writes; no rank stops alone
         self.lost = self.cancelled = False
         self._last_check = self._last_progress = 0.0
         self._phase = None
 
     def beat(self) -> None:
+        if not self.writes:
+            return
         try:
             if not self.store.heartbeat(self.job_id):
                 self.lost = True  # the job was finished by someone else (watchdog, restart sweep)
@@ -142,6 +145,9 @@ class _Reporter:
             _logger.warning("heartbeat for job %d failed: %s", self.job_id, exc)
 
     def should_stop(self) -> bool:
+        if not self.poll_cancel:
+            self._maybe_beat()
+            return False  # under DDP a rank that stopped alone would hang the others in all-reduce
         if self.stop.is_set() or self.lost or self.cancelled:
             return True
         now = time.monotonic()
@@ -154,8 +160,16 @@ class _Reporter:
             self.beat()
         return self.stop.is_set() or self.lost or self.cancelled
 
+    def _maybe_beat(self) -> None:
+        now = time.monotonic()
+        if now - self._last_check >= self.interval:
+            self._last_check = now
+            self.beat()
+
     def progress(self, row: dict[str, Any]) -> None:
         self.emit({"kind": "progress", "job_id": self.job_id, **row})
+        if not self.writes:
+            return
         now = time.monotonic()
         if now - self._last_progress < self.interval and row.get("phase") == self._phase:
             return
@@ -168,6 +182,8 @@ class _Reporter:
 
     def epoch(self, row: dict[str, Any]) -> None:
         self.emit({"kind": "epoch", "job_id": self.job_id, **row})
+        if not self.writes:
+            return
         try:
             self.store.log_job_metrics(self.job_id, step=row["global_step"], epoch=row["epoch"], values=row)
         except StoreError as exc:
@@ -189,6 +205,7 @@ def run_training(
     cache: FeatureCache | None = None,
     share_from: Callable[[BackboneConfig], Any] | None = None,
     progress_interval_s: float = 1.0,
+    dist: DistContext | None = None,
 ) -> RunOutcome:
     """Run one job that this worker has claimed (status 'running'); the job row always ends final.
 
@@ -201,6 +218,7 @@ def run_training(
         cache: a feature cache kept across jobs (a fresh one under ``<data_dir>/cache/features`` otherwise).
         share_from: returns a model whose frozen tensors the new model may share, for a given backbone.
         progress_interval_s: minimum time between progress writes / cancel checks.
+        dist: under torchrun, this process's rank; every rank calls this, only rank 0 writes (no cancel).
     """
     job_id = int(job["id"] if isinstance(job, Mapping) else job)
     emit = on_event or (lambda _: None)
@@ -209,12 +227,15 @@ def run_training(
         row = store.job(job_id)
         if row["status"] != "running":
             return RunOutcome(job_id, "lost", f"job is {row['status']}, not running")
-        rep = _Reporter(store, job_id, stop, progress_interval_s, emit)
+        leader = dist is None or dist.rank == 0
+        rep = _Reporter(store, job_id, stop, progress_interval_s, emit, writes=leader, poll_cancel=dist is None)
         try:
-            outcome = _train_job(store, row, data_dir, rep, cache, share_from)
+            outcome = _train_job(store, row, data_dir, rep, cache, share_from, dist)
         except Exception as exc:  # every failure becomes the job's message; the app keeps running
             _logger.exception("training job %d failed", job_id)
             outcome = RunOutcome(job_id, "failed", _failure_message(exc))
+        if not leader:
+            return outcome
         if outcome.status == "lost":
             _logger.warning("job %d was finished elsewhere (watchdog or restart); nothing published", job_id)
         elif not store.finish_job(job_id, outcome.status, message=outcome.message, result_version_id=outcome.version_id):
@@ -233,8 +254,8 @@ def _metrics_json(metrics: Any) -> dict[str, Any]:
     return out
 
 
-def _train_job(store: LabelStore, row: dict[str, Any], data_dir: Path, rep: _Reporter,
-               cache: FeatureCache | None, share_from: Callable[[BackboneConfig], Any] | None) -> RunOutcome:  # fmt: skip
+def _train_job(store: LabelStore, row: dict[str, Any], data_dir: Path, rep: _Reporter, cache: FeatureCache | None,
+               share_from: Callable[[BackboneConfig], Any] | None, dist: DistContext | None = None) -> RunOutcome:  # fmt: skip
     job_id = int(row["id"])
     backbone, method, config = parse_job_params(row["params"])
     snap = int(row["snapshot_event_id"])
@@ -253,7 +274,9 @@ def _train_job(store: LabelStore, row: dict[str, Any], data_dir: Path, rep: _Rep
             _logger.info("not sharing backbone tensors: %s", exc)
     rep.beat()
     result = fit(built, data, config, cache=cache, should_stop=rep.should_stop, on_progress=rep.progress,
-                 on_epoch=rep.epoch)  # fmt: skip
+                 on_epoch=rep.epoch, dist=dist)  # fmt: skip
+    if dist is not None and dist.rank != 0:  # followers train; rank 0 evaluates the reduced counts and publishes
+        return RunOutcome(job_id, "succeeded", metrics=_metrics_json(result.metrics), epochs=result.epochs)
     if rep.lost:
         return RunOutcome(job_id, "lost", epochs=result.epochs)
     if result.stopped:

@@ -1,0 +1,96 @@
+"""Multi-process training with torchrun + DistributedDataParallel (gloo on CPU, nccl on GPU).
+
+``python -m torch.distributed.run --nproc_per_node N -m ila_core train --data-dir DIR`` runs the ``train``
+command in N processes. :func:`init_from_env` joins the process group that torchrun describes in the
+environment; :func:`run_job_distributed` lets rank 0 queue and claim the job and broadcast its id, every rank
+trains on the same snapshot with a :class:`~torch.utils.data.distributed.DistributedSampler`, gradients are
+averaged by DDP, evaluation counts are all-reduced, and only rank 0 writes progress, the checkpoint and the
+store. With the same global batch (N x per-rank batch), the run matches a single-process run step for step
+as long as nothing in the model depends on the per-rank batch: BatchNorm statistics do (each rank normalises
+over its own samples), so the equivalence test uses the ``norm="ln"`` ILA variant.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as tdist
+
+from ..store import LabelStore
+from .fit import DistContext
+from .worker import RunOutcome, Worker, job_params, run_training
+
+__all__ = ["DistContext", "init_from_env", "launched_by_torchrun", "broadcast_object", "run_job_distributed", "cleanup"]
+
+_logger = logging.getLogger(__name__)
+
+
+def launched_by_torchrun() -> bool:
+    """True when the environment describes a multi-process group (``WORLD_SIZE`` > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_env(timeout_s: float = 1800) -> DistContext | None:
+    """Join torchrun's process group (nccl when CUDA is available, else gloo); None for a single process."""
+    if not launched_by_torchrun():
+        return None
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local % torch.cuda.device_count())
+    if not tdist.is_initialized():
+        tdist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    _logger.info("rank %d of %d joined (%s)", rank, world, backend)
+    return DistContext(rank=rank, world_size=world)
+
+
+def broadcast_object(obj: Any, dist: DistContext) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    box = [obj if dist.rank == 0 else None]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def cleanup() -> None:
+    """Leave the process group (safe to call when none exists)."""
+    if tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
+def run_job_distributed(data_dir: Path, dist: DistContext, *, store_path: Path | None = None,
+                        user: str | None = None, **params: Any) -> RunOutcome:  # fmt: skip
+    """Queue (rank 0), claim (rank 0) and train one job on every rank; returns each rank's outcome.
+
+    Args:
+        data_dir: the shared data directory (every rank reads the same store and images).
+        dist: from :func:`init_from_env`.
+        store_path: defaults to ``<data_dir>/ila.db``.
+        user: recorded on the job.
+        **params: :func:`~ila_core.training.worker.job_params` arguments.
+
+    Raises:
+        JobBusy: (every rank) another job is queued or running.
+    """
+    worker = Worker(data_dir, store_path=store_path)
+    error, job_id = None, None
+    if dist.rank == 0:
+        try:
+            with LabelStore.open(worker.store_path) as store:
+                store.enqueue_job("train", job_params(**params), user=user)
+            job = worker.claim()
+            job_id = None if job is None else int(job["id"])
+        except Exception as exc:  # tell the other ranks instead of leaving them waiting
+            error = exc
+    error, job_id = broadcast_object((error, job_id), dist)
+    if error is not None:
+        raise error
+    if job_id is None:
+        raise RuntimeError("the queued job was claimed by another worker")
+    return run_training(job_id, worker.store_path, worker.data_dir, threading.Event(), dist=dist)
