@@ -1,0 +1,133 @@
+"""Models tab: every adapter version with its holdout metrics, what changed against the active one, promote, roll back.
+
+Promotion and rollback are admin actions checked inside the handlers. Both go through
+:mod:`ila_core.training.versions` with the serving predictor, so the new model is built and validated before
+the store marks it active; a version that fails validation is never served.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from ..analysis.figures import confusion_figure
+from ..training import versions as versions_lib
+from .compare import diff_versions
+from .errors import UserFacing, guarded
+from .studio import Studio
+
+__all__ = ["build_models_tab", "promote_version", "rollback_version", "version_rows", "VERSION_HEADERS"]
+
+_logger = logging.getLogger(__name__)
+
+VERSION_HEADERS = ["Version", "Status", "Created", "Top-1", "Top-5", "Macro F1", "Holdout images", "Epochs", "Job", "Parent"]
+
+
+def _num(value: Any) -> str:
+    return "" if value is None else f"{float(value):.3f}"
+
+
+def version_rows(versions: list[dict[str, Any]], served: int | None) -> list[list[Any]]:
+    """One table row per version, newest first."""
+    rows = []
+    for v in versions:
+        m = v.get("metrics") or {}
+        extra = (v.get("manifest") or {}).get("extra") or {}
+        status = v["status"] + (" · serving" if v["id"] == served else "")
+        rows.append([f"v{v['id']}", status, (v.get("created_at") or "")[:16].replace("T", " "), _num(m.get("top1")),
+                     _num(m.get("top5")), _num(m.get("macro_f1")), m.get("count", ""), extra.get("epochs", ""),
+                     v.get("job_id") or "", f"v{v['parent_id']}" if v.get("parent_id") else ""])  # fmt: skip
+    return rows
+
+
+def promote_version(studio: Studio, request: gr.Request | None, version_id: int) -> str:
+    """Validate, serve and activate ``version_id`` (admins only)."""
+    user = studio.require_admin(request, "promote model versions")
+    with studio.store() as store:
+        versions_lib.promote(store, int(version_id), user=user, predictor=studio.models.predictor)
+    return f"Version {version_id} is now active and serving."
+
+
+def rollback_version(studio: Studio, request: gr.Request | None, version_id: int | None = None) -> str:
+    """Activate the previously active version (or ``version_id``), recorded as a rollback (admins only)."""
+    user = studio.require_admin(request, "roll back model versions")
+    with studio.store() as store:
+        try:
+            target = versions_lib.rollback(store, version_id, user=user, predictor=studio.models.predictor)
+        except ValueError as exc:
+            raise UserFacing(str(exc).capitalize() + ".") from None
+    return f"Rolled back: version {target} is active and serving again."
+
+
+def build_models_tab(studio: Studio, demo: gr.Blocks) -> None:
+    """Lay out the Models tab inside the current ``gr.Tab`` and wire its events."""
+    with gr.Row(equal_height=True):
+        chosen = gr.Dropdown([], label="Version to inspect", scale=3, elem_id="ila-version")
+        refresh = gr.Button("Refresh", scale=1)
+        promote = gr.Button("Promote this version", variant="primary", scale=2, elem_id="ila-promote")
+        rollback = gr.Button("Roll back to previous", variant="stop", scale=2, elem_id="ila-rollback")
+    message = gr.Markdown(elem_id="ila-models-message")
+    table = gr.Dataframe(headers=VERSION_HEADERS, value=[], label="Model versions", interactive=False,
+                         elem_id="ila-versions")  # fmt: skip
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5):
+            summary = gr.Markdown()
+            metrics = gr.Dataframe(headers=["Metric", "Baseline", "This version", "Change"], value=[],
+                                   label="Holdout metrics", interactive=False)  # fmt: skip
+            per_class = gr.Dataframe(headers=["Cultivar", "Baseline", "This version", "Change"], value=[],
+                                     label="Per-cultivar accuracy (regressions first)", interactive=False,
+                                     max_height=320)  # fmt: skip
+        with gr.Column(scale=6):
+            confusion = gr.Plot(label="Confusion matrix (holdout)")
+            flipped = gr.Gallery(label="Holdout images whose prediction changed", columns=5, height=240,
+                                 allow_preview=True, object_fit="cover")  # fmt: skip
+
+    @guarded
+    def load() -> list[Any]:
+        with studio.store() as store:
+            versions = store.model_versions()
+        served = studio.models.version_id
+        choices = [(f"v{v['id']} · {v['status']}", str(v["id"])) for v in versions]
+        pick = next((str(v["id"]) for v in versions if v["status"] == "candidate"), None) or (
+            str(versions[0]["id"]) if versions else None)  # fmt: skip
+        return [version_rows(versions, served), gr.Dropdown(choices=choices, value=pick)]
+
+    @guarded
+    def inspect(version: str | None) -> list[Any]:
+        if not version:
+            return ["No model versions yet. The first one appears when a training job finishes.", [], [], None, []]
+        diff = diff_versions(studio, int(version))
+        v, base = diff.version, diff.baseline
+        against = f"v{base['id']} ({base['status']})" if base else "nothing (first version)"
+        lines = [f"**v{v['id']}** ({v['status']}) compared with {against}."]
+        if diff.compared:
+            lines.append(f"{len(diff.flipped)} of {diff.compared} holdout images changed prediction.")
+        m = v.get("metrics") or {}
+        names = (v.get("manifest") or {}).get("class_names") or list((m.get("per_class_accuracy") or {}).keys())
+        fig = confusion_figure(np.asarray(m["confusion"]), names) if m.get("confusion") and names else None
+        with studio.store() as store:
+            thumbs = [(studio.thumbs.get(store.image(f["id"])),
+                       f"#{f['id']} · {f['before']} → {f['after']} · label {f['label'] or '—'}") for f in diff.flipped[:30]]  # fmt: skip
+        return [" ".join(lines), diff.metrics, diff.per_class, fig, thumbs]
+
+    @guarded
+    def on_promote(version: str | None, request: gr.Request) -> str:
+        if not version:
+            raise UserFacing("Choose a version first.")
+        return promote_version(studio, request, int(version))
+
+    @guarded
+    def on_rollback(request: gr.Request) -> str:
+        return rollback_version(studio, request)
+
+    details = [summary, metrics, per_class, confusion, flipped]
+    demo.load(load, None, [table, chosen], api_visibility="private", queue=False)
+    refresh.click(load, None, [table, chosen], api_name="ui_versions", api_visibility="private", queue=False)
+    chosen.change(inspect, [chosen], details, api_name="ui_compare", api_visibility="private", concurrency_id="model")
+    for btn, fn, name in ((promote, on_promote, "ui_promote"), (rollback, on_rollback, "ui_rollback")):
+        inputs = [chosen] if btn is promote else None
+        btn.click(fn, inputs, [message], api_name=name, api_visibility="private", concurrency_limit=1,
+                  concurrency_id="versions").then(load, None, [table, chosen], api_visibility="private", queue=False)  # fmt: skip

@@ -1,0 +1,173 @@
+"""Review tab: a queue of images worth an expert's look, filters, bulk relabel of a selection, undo.
+
+Sort orders: smallest top-1/top-2 margin of a model version (uncertain first), disagreement between that
+version's top-1 and the current label, images marked unsure, newest. Predictions of the served version are
+computed for images that have none (bounded per refresh); other versions use their stored predictions.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gradio as gr
+
+from .errors import UserFacing, guarded
+from .labelling import bulk_relabel, new_event_id, undo
+from .scoring import TopK, margin, predictions_for
+from .studio import Studio
+
+__all__ = ["build_review_tab", "review_queue", "SORTS"]
+
+_logger = logging.getLogger(__name__)
+
+SORTS = {"margin": "Smallest margin (top-1 − top-2)", "disagree": "Model disagrees with label",
+         "unsure": "Marked unsure", "newest": "Newest first"}  # fmt: skip
+ALL = "All"
+SPLITS = {ALL: None, "train": "train", "holdout": "holdout", "pool (unassigned)": "pool"}
+QUEUE_SIZE = 48
+_SCORE_PER_REFRESH = 256
+
+
+def _version_choices(studio: Studio) -> list[tuple[str, str]]:
+    with studio.store() as store:
+        versions = store.model_versions()
+    served = studio.models.version_id
+    choices = [(f"v{v['id']} ({v['status']}{', serving' if v['id'] == served else ''})", str(v["id"])) for v in versions]
+    return [("Serving model", "serving"), *choices]
+
+
+def review_queue(
+    studio: Studio, *, sort: str, cultivar: str | None, split: str | None, version: str | None,
+    limit: int = QUEUE_SIZE, progress: Any = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The queue as dicts (``id``, ``row``, ``label``, ``topk``, ``margin``), best candidates first."""
+    if sort not in SORTS:
+        raise UserFacing(f"Unknown sort order {sort!r}.")
+    with studio.store() as store:
+        rows = store.images(split=split)
+        serving = version in (None, "", "serving")
+        version_id = studio.models.version_id if serving else int(version)
+        preds: dict[int, TopK] = {}
+        if serving and version_id is not None:
+            cb = (lambda d, n: progress((d, n), desc="Scoring images with the serving model")) if progress else None
+            _, preds = predictions_for(store, studio.models, rows, limit_compute=_SCORE_PER_REFRESH, on_progress=cb)
+        elif version_id is not None:
+            for row in rows:
+                found = store.latest_prediction(int(row["id"]), version_id)
+                if found is not None:
+                    preds[int(row["id"])] = [(t["label"], float(t["prob"])) for t in found["topk"]]
+    items = []
+    for row in rows:
+        label = row.get("label") if row.get("label_kind") == "label" else ("unsure" if row.get("label_kind") == "unsure" else None)
+        topk = preds.get(int(row["id"]), [])
+        top1 = topk[0][0] if topk else None
+        if cultivar and cultivar not in (label, top1):
+            continue
+        item = {"id": int(row["id"]), "row": row, "label": label, "topk": topk, "margin": margin(topk) if topk else None}
+        if sort == "margin" and not topk:
+            continue
+        if sort == "disagree" and not (topk and label and label != "unsure" and label != top1):
+            continue
+        if sort == "unsure" and label != "unsure":
+            continue
+        items.append(item)
+    if sort == "margin":
+        items.sort(key=lambda i: (i["margin"], i["id"]))
+    elif sort == "disagree":
+        items.sort(key=lambda i: (-i["topk"][0][1], i["id"]))  # the most confident disagreements first
+    else:
+        items.sort(key=lambda i: -i["id"])
+    return items[:limit]
+
+
+def _caption(item: dict[str, Any]) -> str:
+    parts = [f"#{item['id']}", f"label {item['label'] or '—'}"]
+    if item["topk"]:
+        name, p = item["topk"][0]
+        parts.append(f"model {name} {p:.0%}")
+        parts.append(f"margin {item['margin']:.2f}")
+    return " · ".join(parts)
+
+
+def build_review_tab(studio: Studio, demo: gr.Blocks) -> None:
+    """Lay out the Review tab inside the current ``gr.Tab`` and wire its events."""
+    shown = gr.State([])
+    with gr.Row(equal_height=True):
+        sort = gr.Dropdown([(v, k) for k, v in SORTS.items()], value="margin", label="Sort", scale=3)
+        cultivar = gr.Dropdown([ALL], value=ALL, label="Cultivar (label or prediction)", scale=2)
+        split = gr.Dropdown(list(SPLITS), value=ALL, label="Split", scale=2)
+        version = gr.Dropdown([("Serving model", "serving")], value="serving", label="Model version", scale=2)
+        refresh = gr.Button("Refresh queue", variant="primary", scale=1, elem_id="ila-review-refresh")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=7):
+            gallery = gr.Gallery(label="Queue (click to select)", columns=6, height=520, allow_preview=False,
+                                 object_fit="cover", elem_id="ila-review-gallery")  # fmt: skip
+        with gr.Column(scale=4, min_width=300):
+            selected = gr.CheckboxGroup([], label="Selected images", elem_id="ila-review-selected")
+            with gr.Row():
+                select_all = gr.Button("Select all shown", size="sm")
+                clear = gr.Button("Clear selection", size="sm")
+            relabel_to = gr.Dropdown([], label="Relabel selected as", elem_id="ila-bulk-label")
+            with gr.Row():
+                apply = gr.Button("Apply to selected", variant="primary", elem_id="ila-bulk-apply")
+                undo_btn = gr.Button("Undo last change on selected", elem_id="ila-bulk-undo")
+            message = gr.Markdown(elem_id="ila-review-message")
+
+    @guarded
+    def load_filters() -> list[Any]:
+        with studio.store() as store:
+            names = store.cultivars()
+        return [gr.Dropdown(choices=[ALL, *names]), gr.Dropdown(choices=_version_choices(studio)),
+                gr.Dropdown(choices=names)]  # fmt: skip
+
+    @guarded
+    def on_refresh(how: str, name: str, where: str, ver: str, progress: gr.Progress = gr.Progress()) -> list[Any]:
+        items = review_queue(studio, sort=how, cultivar=None if name in (None, ALL) else name,
+                             split=SPLITS.get(where), version=ver, progress=progress)  # fmt: skip
+        with studio.store() as store:
+            thumbs = [(studio.thumbs.get(store.image(i["id"])), _caption(i)) for i in items]
+        choices = [(_caption(i), str(i["id"])) for i in items]
+        note = f"{len(items)} image(s) in the queue." if items else "Nothing to review with these filters."
+        if studio.models.version_id is None:
+            note += " No trained model yet: margin and disagreement need one."
+        return [thumbs, gr.CheckboxGroup(choices=choices, value=[]), [i["id"] for i in items], note]
+
+    def on_pick(ids: list[int], current: list[str], evt: gr.SelectData) -> list[str]:
+        chosen = str(ids[int(evt.index)])
+        return [c for c in current if c != chosen] if chosen in current else [*current, chosen]
+
+    @guarded
+    def on_apply(label: str | None, chosen: list[str], request: gr.Request) -> str:
+        user = studio.username(request)
+        with studio.store() as store:
+            _, text = bulk_relabel(store, [int(c) for c in chosen], label or "", user=user)
+        return text + " Refresh the queue to see the new order."
+
+    @guarded
+    def on_undo(chosen: list[str], request: gr.Request) -> str:
+        if not chosen:
+            raise UserFacing("Select at least one image.")
+        user = studio.username(request)
+        done, skipped = 0, 0
+        with studio.store() as store:
+            for c in chosen:
+                try:
+                    undo(store, int(c), user=user, client_event_id=new_event_id("undo"))
+                    done += 1
+                except ValueError:  # NothingToUndo: that image has no label event
+                    skipped += 1
+        return f"Undid the last change on {done} image(s)" + (f"; {skipped} had nothing to undo." if skipped else ".")
+
+    filters = [cultivar, version, relabel_to]
+    demo.load(load_filters, None, filters, api_visibility="private", queue=False)
+    refresh.click(load_filters, None, filters, api_visibility="private", queue=False).then(
+        on_refresh, [sort, cultivar, split, version], [gallery, selected, shown, message], api_name="ui_review",
+        api_visibility="private", concurrency_id="model")  # fmt: skip
+    gallery.select(on_pick, [shown, selected], [selected], api_visibility="private", queue=False)
+    select_all.click(lambda ids: [str(i) for i in ids], [shown], [selected], api_visibility="private", queue=False)
+    clear.click(lambda: [], None, [selected], api_visibility="private", queue=False)
+    apply.click(on_apply, [relabel_to, selected], [message], api_name="ui_bulk_relabel", api_visibility="private",
+                concurrency_id="labels", concurrency_limit=4)  # fmt: skip
+    undo_btn.click(on_undo, [selected], [message], api_name="ui_bulk_undo", api_visibility="private",
+                   concurrency_id="labels", concurrency_limit=4)  # fmt: skip

@@ -1,0 +1,225 @@
+"""The running studio: the shared resources every tab needs, passed explicitly into ``build_app``.
+
+One :class:`Studio` per app process holds the data directory, the users list, the serving model runtime and
+the in-app training worker. It holds no database connection: handlers open a :class:`LabelStore` per call
+(:meth:`Studio.store`), because Gradio runs them on many threads. Per-session values live in ``gr.State``.
+
+On a fresh data directory :meth:`Studio.open` seeds the synthetic demo cultivars in a background thread and
+queues an initial training job, so the first page shows progress instead of a blank model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from ..config import AppConfig
+from ..store import JobBusy, LabelStore
+from .auth import Users
+from .errors import UserFacing
+from .media import ThumbnailCache
+from .options import StudioOptions
+from .serving import ModelRuntime
+
+__all__ = ["Studio", "StartupStatus", "DB_NAME", "GRADIO_TMP", "LOCAL_USER"]
+
+_logger = logging.getLogger(__name__)
+
+DB_NAME = "ila.db"
+GRADIO_TMP = "gradio-tmp"  # Gradio's upload/cache folder inside the data dir (GRADIO_TEMP_DIR)
+LOCAL_USER = "local"  # who acts when the app runs without login (loopback only)
+_SMALL_MODEL_LOCATIONS = {"test_vit": (1, 3)}  # 6-block test model; 12-block ViTs use the method default (3, 7)
+_SERVED_DIRS = ("images", "adapters", "weights", "cache", "exports")  # never served over HTTP
+
+
+@dataclass(frozen=True)
+class StartupStatus:
+    """What the studio is doing before it is ready (shown in the header)."""
+
+    phase: str  # "ready", "seeding", "failed"
+    done: int = 0
+    total: int = 0
+    message: str = ""
+
+
+class Studio:
+    """Data directory, users, model runtime and worker of one app process.
+
+    Args:
+        config: server settings and the data directory.
+        options: model, worker and demo settings.
+        users: the login list; None = single local user (loopback only, that user is an admin).
+    """
+
+    def __init__(self, config: AppConfig, options: StudioOptions, users: Users | None) -> None:
+        self.config, self.options, self.users = config, options, users
+        self.data_dir = Path(config.data_dir).resolve()
+        self.db_path = self.data_dir / DB_NAME
+        self.temp_dir = self.data_dir / GRADIO_TMP
+        self.models = ModelRuntime(self.data_dir, self.db_path, options)
+        self.thumbs = ThumbnailCache(self.data_dir)
+        self.worker: Any = None
+        self._status = StartupStatus("ready")
+        self._lock = threading.Lock()
+        self._seeder: threading.Thread | None = None
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, config: AppConfig, options: StudioOptions | None = None, *, users: Users | None = None) -> Studio:
+        """Create folders and the store, load the active model, start the worker, seed a fresh directory."""
+        studio = cls(config, options or StudioOptions(), users)
+        studio.data_dir.mkdir(parents=True, exist_ok=True)
+        studio.temp_dir.mkdir(exist_ok=True)
+        with LabelStore.open(studio.db_path) as store:  # full quick_check once at start; migrations applied
+            fresh = store.count_images() == 0 and not store.jobs(limit=1)
+        studio.models.sync()
+        if studio.options.start_worker:
+            studio._start_worker()
+        if fresh and studio.options.seed_demo:
+            studio._status = StartupStatus("seeding", message="Writing the synthetic demo cultivars")
+            studio._seeder = threading.Thread(target=studio._seed, name="ila-seed", daemon=True)
+            studio._seeder.start()
+        return studio
+
+    def close(self) -> None:
+        """Stop the worker (a running job ends 'cancelled') and wait for the seeding thread."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._seeder is not None:
+            self._seeder.join(timeout=60)
+        if self.worker is not None:
+            self.worker.stop(timeout=30)
+
+    def __enter__(self) -> Studio:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start_worker(self) -> None:
+        from ..training.worker import Worker
+
+        self.worker = Worker(
+            self.data_dir,
+            store_path=self.db_path,
+            mode="thread",
+            share_from=self.models.share_from,
+            on_promoted=lambda _version_id: self.models.sync(),
+        )
+        self.worker.start()
+
+    def _seed(self) -> None:
+        from ..data.demo import seed_demo_set
+        from ..data.synthetic import SyntheticConfig
+
+        spec = self.options.demo
+        try:
+            synth = SyntheticConfig(num_cultivars=spec.num_cultivars, image_size=spec.image_size, seed=spec.seed)
+            summary = seed_demo_set(
+                self.data_dir,
+                synth,
+                train_per_class=spec.train_per_class,
+                holdout_per_class=spec.holdout_per_class,
+                pool_per_class=spec.pool_per_class,
+                on_progress=self._seed_progress,
+            )
+            _logger.info("demo set ready: %s", summary)
+            with self.store() as store:
+                job_id = self.enqueue_training(store, user="setup")
+            _logger.info("queued initial training job %d", job_id)
+            self._status = StartupStatus("ready", message="Demo set imported; initial training queued")
+        except JobBusy:
+            self._status = StartupStatus("ready")
+        except Exception:  # the app keeps serving; the header says what failed
+            _logger.exception("seeding the demo set failed")
+            self._status = StartupStatus("failed", message="Seeding the demo set failed; see the server log")
+
+    def _seed_progress(self, done: int, total: int) -> None:
+        self._status = StartupStatus("seeding", done, total, "Importing the synthetic demo cultivars")
+
+    @property
+    def status(self) -> StartupStatus:
+        """Startup progress (seeding) or "ready"."""
+        return self._status
+
+    # -- per-request helpers ------------------------------------------------------------------
+
+    @contextmanager
+    def store(self) -> Iterator[LabelStore]:
+        """A store connection for this call only (opened and closed on the calling thread)."""
+        store = LabelStore.open(self.db_path, quick_check=False)
+        try:
+            yield store
+        finally:
+            store.close()
+
+    def username(self, request: gr.Request | None) -> str:
+        """Who is calling: the login name, or ``local`` when the app runs without login."""
+        name = getattr(request, "username", None) if request is not None else None
+        if self.users is None:
+            return name or LOCAL_USER
+        if not name:
+            raise UserFacing("Please log in.")
+        return str(name)
+
+    def is_admin(self, request: gr.Request | None) -> bool:
+        """True for admins, and for the single local user of an app without login."""
+        if self.users is None:
+            return True
+        name = getattr(request, "username", None) if request is not None else None
+        return self.users.is_admin(name)
+
+    def require_admin(self, request: gr.Request | None, action: str) -> str:
+        """The caller's name if they may ``action`` (train, promote, roll back); else a refusal.
+
+        Raises:
+            UserFacing: not an admin.
+        """
+        user = self.username(request)
+        if not self.is_admin(request):
+            _logger.warning("refused %s for non-admin user %r", action, user)
+            raise UserFacing(f"Only admins may {action}. Ask an admin of this studio.")
+        return user
+
+    # -- training -----------------------------------------------------------------------------
+
+    def job_params(self, **train_overrides: Any) -> dict[str, Any]:
+        """Parameters of a retrain job with this studio's backbone, method and recipe (plus overrides)."""
+        from ..training.worker import job_params
+
+        overrides = dict(self.options.train_overrides) | {k: v for k, v in train_overrides.items() if v is not None}
+        locations = self.options.ds_locations or _SMALL_MODEL_LOCATIONS.get(self.options.backbone.name.split(".")[0])
+        method = {"ds_locations": list(locations)} if locations else None
+        return job_params(
+            variant=self.options.variant,
+            preset_name=self.options.train_preset,
+            backbone=self.options.backbone,
+            method_overrides=method,
+            **overrides,
+        )
+
+    def enqueue_training(self, store: LabelStore, *, user: str, **train_overrides: Any) -> int:
+        """Queue a retrain; raises JobBusy when one is queued or running."""
+        from ..training.worker import JOB_KIND
+
+        return store.enqueue_job(JOB_KIND, self.job_params(**train_overrides), user=user)
+
+    # -- launch settings ----------------------------------------------------------------------
+
+    def blocked_paths(self) -> list[str]:
+        """Absolute paths Gradio must never serve: the database files and every data folder but its own cache."""
+        paths = [self.db_path, self.db_path.with_name(DB_NAME + "-wal"), self.db_path.with_name(DB_NAME + "-shm")]
+        paths += [self.data_dir / name for name in _SERVED_DIRS]
+        if self.config.auth_file is not None:
+            paths.append(Path(self.config.auth_file).resolve())
+        return [str(p) for p in paths]

@@ -1,0 +1,123 @@
+"""Train tab: one-click retrain (quick preset), live progress that survives a refresh, curves, cancel, history.
+
+The click only queues a job row (admins only, checked inside the handler); the in-app worker trains. A
+``gr.Timer`` reads the jobs table every few seconds, so the progress is the same after a page reload or on a
+second device. The Retrain button is disabled while a job is queued or running, and a second request
+(another user, or the API) gets "a job is already running".
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gradio as gr
+
+from ..analysis.figures import training_curves_figure
+from ..store import JobBusy
+from ..training.config import preset
+from .errors import UserFacing, guarded
+from .jobs_view import HISTORY_HEADERS, history_rows, job_card_html
+from .studio import Studio
+
+__all__ = ["build_train_tab", "start_training", "cancel_training"]
+
+_logger = logging.getLogger(__name__)
+
+
+def start_training(studio: Studio, request: gr.Request | None, **overrides: Any) -> tuple[int, str]:
+    """Queue a retrain for an admin; returns (job id, message).
+
+    Raises:
+        UserFacing: not an admin, or a job is already queued or running.
+    """
+    user = studio.require_admin(request, "start training")
+    with studio.store() as store:
+        try:
+            job_id = studio.enqueue_training(store, user=user, **overrides)
+        except JobBusy as exc:
+            raise UserFacing(f"A training job is already running (job {exc.job_id}). Wait for it or cancel it.") from None
+    if studio.worker is None:
+        return job_id, f"Job {job_id} queued. No worker runs inside this app: start `python -m ila_core worker`."
+    return job_id, f"Job {job_id} queued; the worker starts it within seconds."
+
+
+def cancel_training(studio: Studio, request: gr.Request | None) -> str:
+    """Ask the live job to stop (admins only); returns a message."""
+    studio.require_admin(request, "cancel training")
+    with studio.store() as store:
+        job = store.active_job()
+        if job is None:
+            raise UserFacing("No training job is running.")
+        store.request_cancel(job["id"])
+    return f"Cancel requested for job {job['id']}."
+
+
+def _recipe_defaults(studio: Studio) -> dict[str, Any]:
+    return preset(studio.options.train_preset, **dict(studio.options.train_overrides)).to_dict()
+
+
+def build_train_tab(studio: Studio, demo: gr.Blocks) -> gr.Timer:
+    """Lay out the Train tab inside the current ``gr.Tab``; returns its timer."""
+    d = _recipe_defaults(studio)
+    seen = gr.State({"job": None, "rows": -1, "status": None})
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=340):
+            card = gr.HTML(job_card_html(None), elem_id="ila-job")
+            with gr.Row():
+                retrain = gr.Button("Retrain (quick preset)", variant="primary", elem_id="ila-retrain")
+                cancel = gr.Button("Cancel job", variant="stop", elem_id="ila-cancel", interactive=False)
+            message = gr.Markdown(elem_id="ila-train-message")
+            with gr.Accordion("Training options", open=False):
+                gr.Markdown("Adapters and head only; the backbone stays frozen. Empty fields keep the preset.",
+                            elem_classes=["ila-muted"])  # fmt: skip
+                epochs = gr.Slider(1, 50, value=d["epochs"], step=1, label="Epochs (upper bound)")
+                minutes = gr.Number(value=d["minutes"], label="Time budget (minutes)", minimum=0.1, maximum=240)
+                lr = gr.Number(value=d["lr"], label="Learning rate", minimum=1e-5, maximum=1.0)
+                batch = gr.Slider(1, 64, value=d["batch_size"], step=1, label="Batch size")
+                seed = gr.Number(value=d["seed"], label="Seed", precision=0, minimum=0)
+        with gr.Column(scale=7, min_width=420):
+            curves = gr.Plot(label="Loss and accuracy", elem_id="ila-curves")
+            history = gr.Dataframe(headers=HISTORY_HEADERS, value=[], label="Job history", interactive=False,
+                                   wrap=True, elem_id="ila-history", column_widths=["8%", "12%", "10%", "18%", "12%", "40%"])  # fmt: skip
+    timer = gr.Timer(studio.options.poll_seconds)
+
+    def poll(state: dict[str, Any], request: gr.Request) -> list[Any]:
+        with studio.store() as store:
+            jobs = store.jobs(limit=20)
+            job = jobs[0] if jobs else None
+            rows = store.job_metrics(job["id"]) if job else []
+        live = job is not None and job["status"] in ("queued", "running")
+        admin = studio.is_admin(request)
+        signature = {"job": job and job["id"], "rows": len(rows), "status": job and job["status"]}
+        changed = signature != state
+        plot = training_curves_figure([r for r in rows if r["values"].get("phase") != "holdout"]) if changed and job else gr.skip()
+        return [job_card_html(job), gr.Button(interactive=admin and not live),
+                gr.Button(interactive=admin and live), plot,
+                history_rows(jobs) if changed else gr.skip(), signature]  # fmt: skip
+
+    outputs = [card, retrain, cancel, curves, history, seen]
+
+    @guarded
+    def on_retrain(ep: float, mins: float | None, rate: float | None, bs: float, sd: float | None,
+                   request: gr.Request) -> str:  # fmt: skip
+        overrides = {"epochs": int(ep), "minutes": float(mins) if mins else None, "lr": float(rate) if rate else None,
+                     "batch_size": int(bs), "seed": int(sd) if sd is not None else None}  # fmt: skip
+        changed = {k: v for k, v in overrides.items() if v is not None and v != d.get(k)}
+        _, text = start_training(studio, request, **changed)
+        return text
+
+    @guarded
+    def on_cancel(request: gr.Request) -> str:
+        return cancel_training(studio, request)
+
+    guarded_poll = guarded(poll)
+    demo.load(guarded_poll, [seen], outputs, api_visibility="private", queue=False)
+    retrain.click(on_retrain, [epochs, minutes, lr, batch, seed], [message], api_name="ui_retrain",
+                  api_visibility="private", concurrency_limit=1, concurrency_id="train").then(
+        guarded_poll, [seen], outputs, api_visibility="private", queue=False)  # fmt: skip
+    cancel.click(on_cancel, None, [message], api_name="ui_cancel", api_visibility="private").then(
+        guarded_poll, [seen], outputs, api_visibility="private", queue=False)
+    timer.tick(guarded_poll, [seen], outputs, api_name="ui_train_poll", api_visibility="private", queue=False,
+               show_progress="hidden")  # fmt: skip
+    return timer
