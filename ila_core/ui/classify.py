@@ -48,8 +48,8 @@ def _gallery(studio: Studio, ids: list[int]) -> list[tuple[Any, str]]:
     with studio.store() as store:
         for image_id in ids:
             row = store.image(image_id)
-            label = row.get("label") or ("unsure" if row.get("label_kind") == "unsure" else "unlabelled")
-            items.append((studio.thumbs.get(row), f"#{image_id} · {label}"))
+            label = row.get("label") or ("unsure" if row.get("label_kind") == "unsure" else "")
+            items.append((studio.thumbs.get(row), f"#{image_id} {label}".strip()))
     return items
 
 
@@ -75,6 +75,9 @@ def build_classify_tab(studio: Studio) -> ClassifyTab:
                 clear_btn = gr.Button("Clear session", size="sm", variant="secondary")
             gallery = gr.Gallery(label="This session", columns=4, height=430, allow_preview=False,
                                  object_fit="cover", elem_id="ila-gallery")  # fmt: skip
+            with gr.Row():
+                prev_btn = gr.Button("◀ Previous", elem_id="ila-prev", size="sm")
+                next_btn = gr.Button("Next ▶", elem_id="ila-next", size="sm")
             report = gr.Markdown(elem_classes=["ila-muted"])
         with gr.Column(scale=7, min_width=420):
             header = gr.Markdown(_EMPTY_HEADER, elem_id="ila-header")
@@ -83,22 +86,21 @@ def build_classify_tab(studio: Studio) -> ClassifyTab:
                 with gr.Column(scale=2, min_width=220):
                     flags = gr.HTML(elem_id="ila-flags")
             with gr.Group(elem_id="ila-classify-actions"):
-                with gr.Row():
-                    picks = [gr.Button(f"{i + 1}", size="sm", visible=i < k, elem_id=f"ila-pick-{i + 1}",
+                with gr.Row(elem_id="ila-candidates"):
+                    picks = [gr.Button(f"{i + 1}", visible=i < k, elem_id=f"ila-pick-{i + 1}", min_width=80,
                                        elem_classes=["ila-pick"], interactive=False) for i in range(MAX_PICKS)]  # fmt: skip
                 with gr.Row():
-                    confirm = gr.Button("Confirm top-1  ⏎", variant="primary", elem_id="ila-confirm", interactive=False)
-                    unsure = gr.Button("Unsure  U", elem_id="ila-unsure", interactive=False)
-                    undo_btn = gr.Button("Undo  Z", elem_id="ila-undo", interactive=False)
-                    prev_btn = gr.Button("◀ Prev", elem_id="ila-prev", size="sm")
-                    next_btn = gr.Button("Next ▶", elem_id="ila-next", size="sm")
-                with gr.Row(equal_height=True):
+                    confirm = gr.Button("Confirm top-1 (Enter)", variant="primary", elem_id="ila-confirm",
+                                        interactive=False)  # fmt: skip
+                    unsure = gr.Button("Unsure  (U)", elem_id="ila-unsure", interactive=False)
+                    undo_btn = gr.Button("Undo  (Z)", elem_id="ila-undo", interactive=False)
+                with gr.Row(elem_classes=["ila-toolbar"]):
                     correction = gr.Dropdown(label="Correct to", choices=[], scale=3, elem_id="ila-correction")
                     correct_btn = gr.Button("Save correction", scale=1, elem_id="ila-correct", interactive=False)
             status = gr.Markdown(elem_id="ila-status")
             method = gr.Radio([(v, key) for key, v in METHODS.items()], value="gradcam", label="Explanation",
                               elem_id="ila-method")  # fmt: skip
-            slider = gr.ImageSlider(label="Model view  |  heatmap overlay", type="pil", height=380,
+            slider = gr.ImageSlider(label="Model view  |  heatmap overlay (drag to compare)", type="pil", height=360,
                                     elem_id="ila-slider", interactive=False)  # fmt: skip
             caption = gr.Markdown(elem_classes=["ila-muted"])
             exemplars = gr.Gallery(label="Nearest confirmed images of each candidate", columns=5, height=220,
@@ -119,7 +121,7 @@ def build_classify_tab(studio: Studio) -> ClassifyTab:
         for i in range(MAX_PICKS):
             if i < len(facts.topk):
                 name, p = facts.topk[i]
-                buttons.append(gr.Button(f"{i + 1} · {name} · {p:.0%}", interactive=True, visible=i < k))
+                buttons.append(gr.Button(f"{i + 1}  {name}  {p:.0%}", interactive=True, visible=i < k))
             else:
                 buttons.append(gr.Button(f"{i + 1}", interactive=False, visible=i < k))
         has_model = bool(facts.topk)

@@ -95,14 +95,14 @@ def build_data_tab(studio: Studio, demo: gr.Blocks) -> None:
             totals = gr.Markdown(elem_id="ila-totals")
             counts = gr.Dataframe(headers=["Cultivar", "Train", "Holdout", "Unassigned", "Total"], value=[],
                                   label="Labelled images per cultivar and split", interactive=False, max_height=300)  # fmt: skip
-            with gr.Row(equal_height=True):
+            with gr.Row(elem_classes=["ila-toolbar"]):
                 new_cultivar = gr.Textbox(label="New cultivar name (admins)", scale=3)
-                add_btn = gr.Button("Add cultivar", scale=1)
+                add_btn = gr.Button("Add cultivar", scale=1, min_width=120)
             gr.Markdown("### Export")
-            with gr.Row(equal_height=True):
+            with gr.Row(elem_classes=["ila-toolbar"]):
                 export_fmt = gr.Dropdown([(v[0], k) for k, v in EXPORTS.items()], value="csv", label="Format", scale=3)
-                export_btn = gr.Button("Export", variant="primary", scale=1)
-            download = gr.File(label="Download", interactive=False)
+                export_btn = gr.Button("Export", variant="primary", scale=1, min_width=120)
+            download = gr.File(label="Download", interactive=False, height=80)
 
     @guarded
     def load_counts() -> list[Any]:

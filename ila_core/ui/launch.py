@@ -45,8 +45,20 @@ def theme() -> gr.themes.Base:
     """A calm green-on-slate theme with system fonts (nothing fetched from font CDNs)."""
     fonts = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial", "sans-serif"]
     mono = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
-    return gr.themes.Soft(primary_hue="emerald", secondary_hue="slate", neutral_hue="slate", font=fonts,
+    base = gr.themes.Soft(primary_hue="emerald", secondary_hue="slate", neutral_hue="slate", font=fonts,
                           font_mono=mono, radius_size="sm", text_size="md")  # fmt: skip
+    # Field labels as quiet text rather than coloured chips: dense screens stay readable.
+    return base.set(
+        block_label_background_fill="*background_fill_primary",
+        block_label_background_fill_dark="*background_fill_primary",
+        block_label_text_color="*neutral_600",
+        block_label_text_color_dark="*neutral_300",
+        block_label_text_size="*text_sm",
+        block_title_text_color="*neutral_700",
+        block_title_text_color_dark="*neutral_200",
+        block_title_text_size="*text_sm",
+        block_label_padding="*spacing_xs *spacing_sm",
+    )
 
 
 def css() -> str:

@@ -64,9 +64,9 @@ def rollback_version(studio: Studio, request: gr.Request | None, version_id: int
 
 def build_models_tab(studio: Studio, demo: gr.Blocks) -> None:
     """Lay out the Models tab inside the current ``gr.Tab`` and wire its events."""
-    with gr.Row(equal_height=True):
+    with gr.Row(elem_classes=["ila-toolbar"]):
         chosen = gr.Dropdown([], label="Version to inspect", scale=3, elem_id="ila-version")
-        refresh = gr.Button("Refresh", scale=1)
+        refresh = gr.Button("Refresh", scale=1, min_width=100)
         promote = gr.Button("Promote this version", variant="primary", scale=2, elem_id="ila-promote")
         rollback = gr.Button("Roll back to previous", variant="stop", scale=2, elem_id="ila-rollback")
     message = gr.Markdown(elem_id="ila-models-message")
@@ -82,7 +82,7 @@ def build_models_tab(studio: Studio, demo: gr.Blocks) -> None:
                                      max_height=320)  # fmt: skip
         with gr.Column(scale=6):
             confusion = gr.Plot(label="Confusion matrix (holdout)")
-            flipped = gr.Gallery(label="Holdout images whose prediction changed", columns=5, height=240,
+            flipped = gr.Gallery(label="Holdout images whose prediction changed", columns=6, height=220,
                                  allow_preview=True, object_fit="cover")  # fmt: skip
 
     @guarded
@@ -111,7 +111,8 @@ def build_models_tab(studio: Studio, demo: gr.Blocks) -> None:
         with studio.store() as store:
             thumbs = [(studio.thumbs.get(store.image(f["id"])),
                        f"#{f['id']} · {f['before']} → {f['after']} · label {f['label'] or '—'}") for f in diff.flipped[:30]]  # fmt: skip
-        return [" ".join(lines), diff.metrics, diff.per_class, fig, thumbs]
+        label = f"Holdout images whose prediction changed ({len(diff.flipped)})" if base else "Holdout images whose prediction changed (no baseline)"
+        return [" ".join(lines), diff.metrics, diff.per_class, fig, gr.Gallery(value=thumbs, label=label)]
 
     @guarded
     def on_promote(version: str | None, request: gr.Request) -> str:

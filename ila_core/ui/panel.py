@@ -120,5 +120,5 @@ def exemplar_items(studio: Studio, facts: ImageFacts, per_cultivar: int = 2) -> 
             thumb = thumbnail(open_stored(studio.data_dir, row))
         except OSError:
             continue
-        items.append((thumb, f"{ex.cultivar} · #{ex.image_id} · similarity {ex.similarity:.2f}"))
+        items.append((thumb, f"{ex.cultivar} {ex.similarity:.2f}"))
     return items

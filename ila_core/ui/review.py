@@ -26,6 +26,7 @@ SORTS = {"margin": "Smallest margin (top-1 − top-2)", "disagree": "Model disag
 ALL = "All"
 SPLITS = {ALL: None, "train": "train", "holdout": "holdout", "pool (unassigned)": "pool"}
 QUEUE_SIZE = 48
+QUEUE_HEADERS = ["Image", "Label", "Model top-1", "Confidence", "Margin", "Split"]
 _SCORE_PER_REFRESH = 256
 
 
@@ -81,28 +82,31 @@ def review_queue(
     return items[:limit]
 
 
-def _caption(item: dict[str, Any]) -> str:
-    parts = [f"#{item['id']}", f"label {item['label'] or '—'}"]
-    if item["topk"]:
-        name, p = item["topk"][0]
-        parts.append(f"model {name} {p:.0%}")
-        parts.append(f"margin {item['margin']:.2f}")
-    return " · ".join(parts)
+def _detail_row(item: dict[str, Any]) -> list[Any]:
+    name, p = item["topk"][0] if item["topk"] else ("", None)
+    return [f"#{item['id']}", item["label"] or "—", name, "" if p is None else f"{p:.0%}",
+            "" if item["margin"] is None else f"{item['margin']:.2f}", item["row"].get("split") or "pool"]  # fmt: skip
+
+
+def _short(item: dict[str, Any]) -> str:
+    return f"#{item['id']}" + (f" {item['label']}" if item["label"] else "")
 
 
 def build_review_tab(studio: Studio, demo: gr.Blocks) -> None:
     """Lay out the Review tab inside the current ``gr.Tab`` and wire its events."""
     shown = gr.State([])
-    with gr.Row(equal_height=True):
+    with gr.Row(elem_classes=["ila-toolbar"]):
         sort = gr.Dropdown([(v, k) for k, v in SORTS.items()], value="margin", label="Sort", scale=3)
         cultivar = gr.Dropdown([ALL], value=ALL, label="Cultivar (label or prediction)", scale=2)
         split = gr.Dropdown(list(SPLITS), value=ALL, label="Split", scale=2)
         version = gr.Dropdown([("Serving model", "serving")], value="serving", label="Model version", scale=2)
-        refresh = gr.Button("Refresh queue", variant="primary", scale=1, elem_id="ila-review-refresh")
+        refresh = gr.Button("Refresh queue", variant="primary", scale=1, min_width=140, elem_id="ila-review-refresh")
     with gr.Row(equal_height=False):
         with gr.Column(scale=7):
-            gallery = gr.Gallery(label="Queue (click to select)", columns=6, height=520, allow_preview=False,
-                                 object_fit="cover", elem_id="ila-review-gallery")  # fmt: skip
+            gallery = gr.Gallery(label="Queue (click an image to select it)", columns=6, height=470,
+                                 allow_preview=False, object_fit="cover", elem_id="ila-review-gallery")  # fmt: skip
+            details = gr.Dataframe(headers=QUEUE_HEADERS, value=[], label="Queue details", interactive=False,
+                                   max_height=260, elem_id="ila-review-table")  # fmt: skip
         with gr.Column(scale=4, min_width=300):
             selected = gr.CheckboxGroup([], label="Selected images", elem_id="ila-review-selected")
             with gr.Row():
@@ -126,12 +130,13 @@ def build_review_tab(studio: Studio, demo: gr.Blocks) -> None:
         items = review_queue(studio, sort=how, cultivar=None if name in (None, ALL) else name,
                              split=SPLITS.get(where), version=ver, progress=progress)  # fmt: skip
         with studio.store() as store:
-            thumbs = [(studio.thumbs.get(store.image(i["id"])), _caption(i)) for i in items]
-        choices = [(_caption(i), str(i["id"])) for i in items]
+            thumbs = [(studio.thumbs.get(store.image(i["id"])), _short(i)) for i in items]
+        choices = [(f"#{i['id']}", str(i["id"])) for i in items]
         note = f"{len(items)} image(s) in the queue." if items else "Nothing to review with these filters."
         if studio.models.version_id is None:
             note += " No trained model yet: margin and disagreement need one."
-        return [thumbs, gr.CheckboxGroup(choices=choices, value=[]), [i["id"] for i in items], note]
+        return [thumbs, [_detail_row(i) for i in items], gr.CheckboxGroup(choices=choices, value=[]),
+                [i["id"] for i in items], note]  # fmt: skip
 
     def on_pick(ids: list[int], current: list[str], evt: gr.SelectData) -> list[str]:
         chosen = str(ids[int(evt.index)])
@@ -162,7 +167,7 @@ def build_review_tab(studio: Studio, demo: gr.Blocks) -> None:
     filters = [cultivar, version, relabel_to]
     demo.load(load_filters, None, filters, api_visibility="private", queue=False)
     refresh.click(load_filters, None, filters, api_visibility="private", queue=False).then(
-        on_refresh, [sort, cultivar, split, version], [gallery, selected, shown, message], api_name="ui_review",
+        on_refresh, [sort, cultivar, split, version], [gallery, details, selected, shown, message], api_name="ui_review",
         api_visibility="private", concurrency_id="model")  # fmt: skip
     gallery.select(on_pick, [shown, selected], [selected], api_visibility="private", queue=False)
     select_all.click(lambda ids: [str(i) for i in ids], [shown], [selected], api_visibility="private", queue=False)

@@ -71,6 +71,7 @@ class ModelRuntime:
         self.data_dir, self.db_path, self.options = Path(data_dir), Path(db_path), options
         self._predictor: Any = None
         self._init_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
         self._explain_lock = threading.Lock()
         self._explainer: tuple[int | None, torch.nn.Module] | None = None
         self._explained: OrderedDict[tuple, Explained] = OrderedDict()
@@ -93,8 +94,13 @@ class ModelRuntime:
             return self._predictor
 
     def sync(self) -> bool:
-        """Follow the store's active version; True if the served model changed."""
-        with LabelStore.open(self.db_path, quick_check=False) as store:
+        """Follow the store's active version; True if the served model changed.
+
+        One sync at a time: the header poll and the worker's promotion callback may both notice a new
+        version, and two concurrent builds of one version would only waste a core (and, for random-init
+        backbones, interleave the global RNG that makes a rebuild reproducible).
+        """
+        with self._sync_lock, LabelStore.open(self.db_path, quick_check=False) as store:
             if self._predictor is None:
                 _ = self.predictor
                 return self._predictor.current is not None

@@ -53,6 +53,19 @@ def cancel_training(studio: Studio, request: gr.Request | None) -> str:
     return f"Cancel requested for job {job['id']}."
 
 
+def _curve_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-epoch training rows, plus the final holdout evaluation as ``holdout_loss`` / ``holdout_acc`` points."""
+    out = []
+    for r in rows:
+        v = r["values"]
+        if v.get("phase") == "holdout":
+            point = {"step": r["step"], "epoch": r["epoch"], "holdout_acc": v.get("top1"), "holdout_loss": v.get("loss")}
+            out.append({k: val for k, val in point.items() if val is not None})
+        else:
+            out.append({"step": r["step"], "epoch": r["epoch"], "train_loss": v.get("loss")})
+    return out
+
+
 def _recipe_defaults(studio: Studio) -> dict[str, Any]:
     return preset(studio.options.train_preset, **dict(studio.options.train_overrides)).to_dict()
 
@@ -77,9 +90,11 @@ def build_train_tab(studio: Studio, demo: gr.Blocks) -> gr.Timer:
                 batch = gr.Slider(1, 64, value=d["batch_size"], step=1, label="Batch size")
                 seed = gr.Number(value=d["seed"], label="Seed", precision=0, minimum=0)
         with gr.Column(scale=7, min_width=420):
-            curves = gr.Plot(label="Loss and accuracy", elem_id="ila-curves")
+            gr.Markdown("**Loss and accuracy** of the newest job (holdout values appear when it finishes)")
+            curves = gr.Plot(show_label=False, elem_id="ila-curves")
             history = gr.Dataframe(headers=HISTORY_HEADERS, value=[], label="Job history", interactive=False,
-                                   wrap=True, elem_id="ila-history", column_widths=["8%", "12%", "10%", "18%", "12%", "40%"])  # fmt: skip
+                                   wrap=True, elem_id="ila-history", max_height=320,
+                                   column_widths=["7%", "15%", "10%", "17%", "12%", "39%"])  # fmt: skip
     timer = gr.Timer(studio.options.poll_seconds)
 
     def poll(state: dict[str, Any], request: gr.Request) -> list[Any]:
@@ -91,7 +106,7 @@ def build_train_tab(studio: Studio, demo: gr.Blocks) -> gr.Timer:
         admin = studio.is_admin(request)
         signature = {"job": job and job["id"], "rows": len(rows), "status": job and job["status"]}
         changed = signature != state
-        plot = training_curves_figure([r for r in rows if r["values"].get("phase") != "holdout"]) if changed and job else gr.skip()
+        plot = training_curves_figure(_curve_rows(rows)) if changed and job else gr.skip()
         return [job_card_html(job), gr.Button(interactive=admin and not live),
                 gr.Button(interactive=admin and live), plot,
                 history_rows(jobs) if changed else gr.skip(), signature]  # fmt: skip
