@@ -116,6 +116,7 @@ def build_models_tab(studio: Studio, demo: gr.Blocks) -> None:
 
     @guarded
     def on_promote(version: str | None, request: gr.Request) -> str:
+        studio.require_admin(request, "promote model versions")  # the role first: refusals reveal nothing else
         if not version:
             raise UserFacing("Choose a version first.")
         return promote_version(studio, request, int(version))
