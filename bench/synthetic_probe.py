@@ -12,6 +12,10 @@ The probe is a ridge classifier on standardised features (one-hot targets, close
 penalty picked by exact leave-one-out accuracy on the training split, so no test image guides any choice.
 Backbone features are DINOv2's usual linear-probe input: the class token concatenated with the mean patch
 token of the final (normed) layer.
+
+Measured on 2 shared CPU cores (8 cultivars x (20 train + 10 test), 224 px, difficulty 1; chance 0.125):
+seed 0: raw pixels 0.10, shipped DINOv2 ViT-S/14 0.825, random-init ViT-S 0.125; seed 1: raw 0.20, DINOv2 0.775;
+difficulty 0.5 (seed 0): raw 0.16, DINOv2 0.45. About 2 minutes per run, mostly feature extraction.
 """
 
 from __future__ import annotations
@@ -94,6 +98,7 @@ def _features(model: torch.nn.Module, images: list, batch_size: int = 16) -> np.
     import timm.data
 
     cfg = timm.data.resolve_model_data_config(model)
+    cfg["input_size"] = (3, *model.patch_embed.img_size)  # the pretrained config may name the checkpoint's 518 px
     transform = timm.data.create_transform(**cfg, is_training=False)
     out = []
     for i in range(0, len(images), batch_size):

@@ -46,11 +46,12 @@ _NAME_STEMS = (
 )  # fmt: skip
 _TRAITS_STREAM = 0x7A17  # keeps the trait RNG stream apart from the per-image streams
 _IMAGE_STREAM = 0x1EAF
+_POOL_STREAM = 0x9001
 
 # trait -> (centre, half-range at difficulty 1, lower bound, upper bound, within-cultivar jitter sd)
 _TRAIT_DESIGN: dict[str, tuple[float, float, float, float, float]] = {
     "aspect": (2.3, 0.45, 1.3, 4.0, 0.05),
-    "serration_count": (15.0, 7.0, 4.0, 34.0, 0.7),
+    "serration_count": (13.0, 6.0, 4.0, 34.0, 0.6),
     "serration_depth": (0.11, 0.06, 0.015, 0.3, 0.008),
     "vein_angle": (50.0, 14.0, 20.0, 80.0, 2.0),
     "vein_pairs": (8.0, 3.5, 3.0, 15.0, 0.4),
@@ -58,7 +59,8 @@ _TRAIT_DESIGN: dict[str, tuple[float, float, float, float, float]] = {
     "texture_scale": (0.06, 0.035, 0.012, 0.15, 0.005),
     "texture_strength": (0.14, 0.08, 0.0, 0.35, 0.012),
 }
-_BLADE_LENGTH = 0.62  # typical blade length as a fraction of the image side
+_BLADE_LENGTH = 0.8  # typical blade length as a fraction of the image side
+_MAX_ROTATION = 60.0  # degrees either way at nuisance 1: photographed roughly tip-up, as field protocols ask
 _BACKGROUNDS = ((118, 92, 66), (205, 200, 188), (128, 128, 124), (62, 80, 58), (168, 148, 112), (92, 96, 110))
 
 
@@ -138,17 +140,21 @@ def generate(config: SyntheticConfig, per_class: int, *, start_index: int = 0) -
 
     Classes are interleaved (index-major), so any prefix of the stream is nearly balanced.
     """
-    if per_class < 0 or start_index < 0:
-        raise ValueError(f"per_class and start_index must be >= 0, got {per_class}, {start_index}")
-    names, traits = cultivar_names(config), cultivar_traits(config)
-    for index in range(start_index, start_index + per_class):
+    names = cultivar_names(config)
+    for _, cultivar, image in _stream(config, per_class, start_index):
+        yield names[cultivar], image
+
+
+def _stream(config: SyntheticConfig, per_class: int, start: int) -> Iterator[tuple[int, int, Image.Image]]:
+    """Yield ``(image index, cultivar index, image)``; each image has its own generator seeded by the triple."""
+    if per_class < 0 or start < 0:
+        raise ValueError(f"per_class and start_index must be >= 0, got {per_class}, {start}")
+    traits = cultivar_traits(config)
+    for index in range(start, start + per_class):
         for k in range(config.num_cultivars):
-            yield names[k], _render_indexed(config, traits[k], k, index)
-
-
-def _render_indexed(config: SyntheticConfig, traits: CultivarTraits, cultivar: int, index: int) -> Image.Image:
-    rng = np.random.default_rng([config.seed, _IMAGE_STREAM, cultivar, index])
-    return render_leaf(traits, rng, config.image_size, nuisance=config.nuisance, supersample=config.supersample)
+            rng = np.random.default_rng([config.seed, _IMAGE_STREAM, k, index])
+            yield index, k, render_leaf(traits[k], rng, config.image_size, nuisance=config.nuisance,
+                                        supersample=config.supersample)  # fmt: skip
 
 
 def write_demo_set(
@@ -173,12 +179,14 @@ def write_demo_set(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        splits = (("train", 0, train_per_class), ("holdout", train_per_class, holdout_per_class))
-        for split, start, count in splits:
-            for name, image in _indexed(config, count, start):
-                _save(image[1], tmp / split / name / f"{image[0]:05d}.png")
-        pool_start = train_per_class + holdout_per_class
-        for n, (_, (_, image)) in enumerate(_indexed(config, pool_per_class, pool_start)):
+        names = cultivar_names(config)
+        for split, start, count in (("train", 0, train_per_class), ("holdout", train_per_class, holdout_per_class)):
+            for index, k, image in _stream(config, count, start):
+                _save(image, tmp / split / names[k] / f"{index:05d}.png")
+        # the stream interleaves classes, so number pool files in a seeded random order: no label by position
+        order = np.random.default_rng([config.seed, _POOL_STREAM]).permutation(pool_per_class * config.num_cultivars)
+        pool = _stream(config, pool_per_class, train_per_class + holdout_per_class)
+        for n, (_, _, image) in zip(order, pool, strict=True):
             _save(image, tmp / "pool" / f"pool-{n:05d}.png")
         manifest = {"config": asdict(config), "cultivars": cultivar_names(config), "train_per_class": train_per_class,
                     "holdout_per_class": holdout_per_class, "pool_per_class": pool_per_class}  # fmt: skip
@@ -191,14 +199,6 @@ def write_demo_set(
         raise
     _logger.info("wrote synthetic demo set to %s", out_dir)
     return out_dir
-
-
-def _indexed(config: SyntheticConfig, per_class: int, start: int) -> Iterator[tuple[str, tuple[int, Image.Image]]]:
-    # generate() without the name lookup per image, keeping the index for file names
-    names, traits = cultivar_names(config), cultivar_traits(config)
-    for index in range(start, start + per_class):
-        for k in range(config.num_cultivars):
-            yield names[k], (index, _render_indexed(config, traits[k], k, index))
 
 
 def _save(image: Image.Image, path: Path) -> None:
@@ -221,12 +221,15 @@ def render_leaf(
     Returns:
         An RGB image of ``size`` x ``size`` pixels.
     """
+    if size < 8 or supersample < 1 or not 0.0 <= nuisance <= 2.0:
+        raise ValueError(f"need size >= 8, supersample >= 1, 0 <= nuisance <= 2; got {size}, {supersample}, {nuisance}")
     t = _jitter(traits, rng)
     canvas = size * supersample
     background = _background(rng, canvas, nuisance)
     # blade length scales with sqrt(aspect) so the blade area (and so the mean colour) does not depend on it
-    length = canvas * _BLADE_LENGTH * math.sqrt(t["aspect"] / _TRAIT_DESIGN["aspect"][0]) * math.exp(nuisance * rng.uniform(-0.15, 0.12))
-    angle = math.radians(nuisance * rng.uniform(-180.0, 180.0))
+    zoom = math.exp(nuisance * rng.uniform(-0.15, 0.12))
+    length = canvas * _BLADE_LENGTH * zoom * math.sqrt(t["aspect"] / _TRAIT_DESIGN["aspect"][0])
+    angle = math.radians(nuisance * rng.uniform(-_MAX_ROTATION, _MAX_ROTATION))
     centre = canvas / 2 + nuisance * rng.uniform(-0.08, 0.08, size=2) * canvas
     outline, veins, midrib = _leaf_geometry(t, rng, length)
 
