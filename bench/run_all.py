@@ -13,7 +13,7 @@ SCRIPTS = [  # (module, extra args)
     ("bench.bench_latency", []),
     ("bench.bench_feature_cache", []),
     ("bench.bench_explain", []),
-    ("bench.synthetic_probe", ["--data-dir", "data"]),
+    ("bench.synthetic_probe", ["--data-dir", "data", "--out", "bench/results/synthetic_probe.json"]),
     ("bench.bench_load", []),
 ]
 
