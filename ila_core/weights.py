@@ -24,15 +24,15 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import torch
+
+from .fsutil import atomic_write
 
 __all__ = [
     "WeightsError", "WeightsInfo", "DEFAULT_MODEL_NAME", "DEFAULT_ONNX_SHA256", "DEFAULT_PACKAGE",
@@ -157,11 +157,11 @@ def _convert_default(target: Path, sidecar: Path) -> WeightsInfo:
     out_sha = hashlib.sha256(data).hexdigest()
     target.parent.mkdir(parents=True, exist_ok=True)
     _sweep_stale_temps(target.parent)
-    _atomic_write(target, data)
+    atomic_write(target, data)
     info = verify_weights_file(target, out_sha)  # re-read from disk: what timm will load is what we checked
     meta = {"model_name": DEFAULT_MODEL_NAME, "source": f"{DEFAULT_PACKAGE}:{'/'.join(_ONNX_IN_PACKAGE)}",
             "source_sha256": DEFAULT_ONNX_SHA256, "sha256": out_sha, "num_tensors": len(state)}
-    _atomic_write(sidecar, (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write(sidecar, (json.dumps(meta, indent=2) + "\n").encode())
     _logger.info("converted %s -> %s in %.1f s", onnx_path.name, target, time.perf_counter() - start)
     return replace(info, source="default", model_name=DEFAULT_MODEL_NAME)
 
@@ -348,26 +348,6 @@ def _check_keys(state: dict[str, torch.Tensor], model_name: str, path: Path, img
     if problems:
         more = f"; ... ({len(problems)} problems)" if len(problems) > 5 else ""
         raise WeightsError(f"{path} does not fit {model_name}: {'; '.join(problems[:5])}{more}")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; the app and a separate worker process both read the weights
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
 
 
 def _sweep_stale_temps(folder: Path, max_age_s: float = 3600.0) -> None:

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import shutil
 import stat
 import time
-import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ..fsutil import atomic_write
 from .layouts import is_hidden
 
 __all__ = ["ZipLimits", "ArchiveRefused", "extract_zip", "write_atomic", "sweep_stale"]
@@ -112,23 +111,8 @@ def _copy_capped(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, cap: 
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Publish ``data`` at ``path`` whole or not at all: temp file in the same folder, fsync, rename, fsync dir."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with tmp.open("xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # directory fsync is not available everywhere
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """Publish ``data`` at ``path`` whole or not at all (see :func:`ila_core.fsutil.atomic_write`)."""
+    atomic_write(path, data)
 
 
 def sweep_stale(data_dir: Path, *, older_than_s: float = 3600.0) -> int:

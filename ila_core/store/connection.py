@@ -19,6 +19,7 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.utils import sqlite3
 
+from ..fsutil import fsync_dir
 from .errors import StoreCorrupt, translate_errors
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "immediate",
     "driver_module_name",
 ]
+
 
 _logger = logging.getLogger(__name__)
 
@@ -189,17 +191,8 @@ def create_database(path: Path, *, initialise: Callable[[Database], Any]) -> Non
             # Filesystems without hard links: a small race remains, accepted there.
             if not path.exists():
                 os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # not supported here (e.g. Windows); the rename is still atomic
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
