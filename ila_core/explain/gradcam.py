@@ -1,15 +1,20 @@
 """Grad-CAM on a token model with captum's ``LayerGradCam``, through a temporary grid probe (STYLE item 11).
 
 captum expects channels in dim 1 of a (B, C, H, W) layer, and a ViT block emits (B, N, D) tokens. So
-``grid_probe`` temporarily swaps the last block ``model.blocks[-1]`` for a ``nn.Sequential`` holding the
-block and a :class:`GridProbe`, whose child ``grid = nn.Identity()`` sees the patch tokens as
-(B, D, H, W); the probe hands the tokens on unchanged. The block is put back in ``finally``.
+``grid_probe`` temporarily wraps a module of the last block in ``nn.Sequential(module, GridProbe(...))``;
+the probe's child ``grid = nn.Identity()`` sees the patch tokens as (B, D, H, W) and the probe hands the
+tokens on unchanged. The original module is put back in ``finally``.
 
-Where the probe sits: when the head reads only the CLS token (timm ``global_pool="token"``), the patch
-tokens *output* by the last block never reach the logits (final norm is per token), so their gradient
-is exactly zero; the probe then sits *before* the last block (``Sequential(probe, block)``), on the
-tokens the last attention reads -- the same place pytorch-grad-cam uses (``blocks[-1].norm1``). With
-average pooling the output tokens matter and the probe sits after the block.
+Where the probe sits (checked on synthetic data, see ``tests/test_explain.py``):
+
+* Head reads the CLS token (timm ``global_pool="token"``, the default): the patch tokens *output* by the
+  last block never reach the logits (the final norm is per token), so their gradient is exactly zero.
+  The probe therefore wraps the last block's ``norm1``: it sees the layer-normalised tokens that the last
+  attention reads -- pytorch-grad-cam's ViT recipe (``blocks[-1].norm1``). Not the raw residual stream
+  entering the block: a pre-norm block is blind to the scale of its input, so gradient x activation there
+  has no reliable sign (on our synthetic check it was often *negative* on the object).
+* Average pooling: the output tokens feed the head, and the probe wraps the whole last block,
+  ``nn.Sequential(model.blocks[-1], probe)``.
 
 The grid comes from the token count minus the model's prefix tokens (and VPT prompts), never from the
 configured size: after ILA down-sampling the last grid is smaller (ViT-B at 224: 14 -> 12 -> 10).
@@ -26,7 +31,7 @@ import torch
 from captum.attr import LayerGradCam
 from torch import nn
 
-from ..adapters import ILABlock
+from ..adapters import ILABlock, base_blocks
 from ..tokens import grid_to_tokens, split_prefix, tokens_to_grid
 from .recorder import non_patch_tokens
 from .space import backproject, normalise01
@@ -37,36 +42,63 @@ _logger = logging.getLogger(__name__)
 
 
 class GridProbe(nn.Module):
-    """Identity on (B, N, D) tokens that routes the patch tokens through ``self.grid`` as (B, D, H, W)."""
+    """Identity on (B, N, D) tokens that routes the patch tokens through ``self.grid`` as (B, D, H, W).
 
-    def __init__(self, num_prefix_tokens: int) -> None:
+    With ``centre=True`` the grid sees each channel minus its mean over the grid, and the mean is added
+    back afterwards, so the tokens passed on (and the gradients reaching ``grid``) are unchanged.
+    Grad-CAM was made for non-negative CNN features; token features are signed and carry a large
+    location-independent part (LayerNorm's bias, the mean token), which only shifts every location of
+    the map by the same amount and, after the ReLU, can wipe the whole map out. Centring removes that
+    shift: the map shows where the evidence is above the image's average token.
+    """
+
+    def __init__(self, num_prefix_tokens: int, *, centre: bool = True) -> None:
         super().__init__()
         self.num_prefix_tokens = num_prefix_tokens
+        self.centre = centre
         self.grid = nn.Identity()  # captum's target layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         prefix, patches = split_prefix(x, self.num_prefix_tokens)  # (B, P, D), (B, h*h, D)
-        grid = self.grid(tokens_to_grid(patches))  # (B, D, h, h)
-        return torch.cat([prefix, grid_to_tokens(grid)], dim=1)  # same values, gradient flows via grid
+        grid = tokens_to_grid(patches)  # (B, D, h, h)
+        mean = grid.mean(dim=(2, 3), keepdim=True) if self.centre else torch.zeros_like(grid[:, :, :1, :1])
+        grid = self.grid(grid - mean) + mean  # same values; the gradient w.r.t. grid's output is the tokens'
+        return torch.cat([prefix, grid_to_tokens(grid)], dim=1)
 
 
 def _probe_after(model: nn.Module) -> bool:
     return getattr(model, "global_pool", "token") != "token"
 
 
+def _norm1_owner(model: nn.Module) -> nn.Module | None:
+    blk = base_blocks(model)[-1]
+    return blk if isinstance(getattr(blk, "norm1", None), nn.Module) else None
+
+
 @contextmanager
 def grid_probe(model: nn.Module) -> Iterator[GridProbe]:
-    """Temporarily wrap the last block with a :class:`GridProbe`; restores ``model.blocks[-1]`` on exit."""
+    """Temporarily insert a :class:`GridProbe` at the last block (see the module docstring for where).
+
+    Restores the swapped module on exit, also after an exception.
+    """
     last = len(model.blocks) - 1
-    original = model.blocks[last]
-    after = _probe_after(model)
-    skip = model.num_prefix_tokens if after else non_patch_tokens(model, last)  # VPT strips prompts at the end
-    probe = GridProbe(skip)
-    model.blocks[last] = nn.Sequential(original, probe) if after else nn.Sequential(probe, original)
-    try:
-        yield probe
-    finally:
-        model.blocks[last] = original
+    owner = None if _probe_after(model) else _norm1_owner(model)
+    if owner is None:
+        original = model.blocks[last]
+        probe = GridProbe(model.num_prefix_tokens)  # VPT strips its prompts inside the last block
+        model.blocks[last] = nn.Sequential(original, probe)
+        try:
+            yield probe
+        finally:
+            model.blocks[last] = original
+    else:
+        original = owner.norm1
+        probe = GridProbe(non_patch_tokens(model, last))
+        owner.norm1 = nn.Sequential(original, probe)
+        try:
+            yield probe
+        finally:
+            owner.norm1 = original
 
 
 class ClassScore(nn.Module):
@@ -118,7 +150,7 @@ class CamResult:
 def _sides_to_probe(model: nn.Module, x: torch.Tensor, probe_side: int) -> list[int]:
     side = int(x.shape[-2]) // int(model.patch_embed.patch_size[0])
     sides = [side]
-    blocks = list(model.blocks) if _probe_after(model) else list(model.blocks)[:-1]
+    blocks = list(model.blocks) if _probe_after(model) or _norm1_owner(model) is None else list(model.blocks)[:-1]
     for blk in blocks:
         while blk is not None:
             if isinstance(blk, ILABlock):

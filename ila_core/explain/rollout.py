@@ -10,11 +10,12 @@ token count, found from the recorded maps, not from the config), giving one CLS-
 Each stage map is carried back to the first patch grid through the adapters' receptive fields
 (:mod:`ila_core.explain.space`) and upsampled to the input size.
 
-Combined map: the end-to-end rollout through *all* stages, chaining each stage's rollout with a
-row-stochastic "bridge" from coarse to fine tokens (CLS -> CLS, each coarse patch token -> its k x k
-input cells, evenly). This models the adapter by its near-all-ones shortcut and ignores its small
-bottleneck branch; rows still sum to one. It is what we show by default; the per-stage maps stay
-available (the last stage is closest to the head but coarsest).
+Combined map (``combine=``): by default ``"chain"``, the end-to-end rollout through *all* stages, chaining
+each stage's rollout with a row-stochastic "bridge" from coarse to fine tokens (CLS -> CLS, each coarse
+patch token -> its k x k input cells, evenly). This models the adapter by its near-all-ones shortcut and
+ignores its small bottleneck branch; rows still sum to one. ``"last"`` returns the last stage's map
+(closest to the head, coarsest; on our synthetic check the most often on target) and ``"mean"`` the
+mean of the stage maps.
 
 Read-out: the CLS row when the head pools the CLS token (timm ``global_pool="token"``), else the mean of
 the patch rows (average pooling reads all patch tokens).
@@ -33,13 +34,14 @@ from torch import nn
 
 from ..tokens import grid_side
 from .recorder import AttentionRecorder, non_patch_tokens
-from .space import bridge_matrix, to_image
+from .space import bridge_matrix, normalise01, to_image
 
 __all__ = ["RolloutStage", "RolloutResult", "rollout_stages", "attention_rollout"]
 
 _logger = logging.getLogger(__name__)
 
 HeadFusion = Literal["mean", "max"]
+Combine = Literal["chain", "last", "mean"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class RolloutResult:
     combined: torch.Tensor  # (B, H, W), end-to-end rollout through the bridges
     stages: list[RolloutStage]
     stage_sides: list[int]  # patch-grid side of each stage
+    chain: torch.Tensor  # (B, N_last, N_first) end-to-end rollout through the bridges, row-stochastic
     logits: torch.Tensor  # (B, num_classes) from the same forward
 
 
@@ -119,7 +122,12 @@ def _readout(rollout: torch.Tensor, skip: int, use_cls: bool) -> torch.Tensor:
 
 
 def attention_rollout(
-    model: nn.Module, x: torch.Tensor, *, head_fusion: HeadFusion = "mean", residual: float = 0.5
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    head_fusion: HeadFusion = "mean",
+    residual: float = 0.5,
+    combine: Combine = "chain",
 ) -> RolloutResult:
     """Run ``model`` on ``x`` and roll its attention out per stage and end to end.
 
@@ -131,10 +139,13 @@ def attention_rollout(
         x: (B, 3, H, W) preprocessed images.
         head_fusion: how heads are merged ("mean" or "max").
         residual: identity weight for the skip connection (0.5 as in Abnar & Zuidema).
+        combine: what ``combined`` holds: "chain" (end to end), "last" (last stage) or "mean" (of stages).
 
     Returns:
         Maps of shape (B, H, W) in [0, 1], plus the raw stage rollouts and the logits.
     """
+    if combine not in ("chain", "last", "mean"):
+        raise ValueError(f"unknown combine {combine!r} (chain, last, mean)")
     was_training = model.training
     model.eval()
     try:
@@ -167,6 +178,11 @@ def attention_rollout(
     assert chain is not None  # a ViT has at least one block
     first_side = sides[0]
     combined_grid = _readout(chain, prev_skip, use_cls).reshape(-1, first_side, first_side)
-    combined = to_image(combined_grid, [first_side], image_size)
+    if combine == "chain":
+        combined = to_image(combined_grid, [first_side], image_size)
+    elif combine == "last":
+        combined = stage_maps[-1]
+    else:
+        combined = normalise01(torch.stack(stage_maps).mean(dim=0))
     _logger.debug("rollout over stages %s (sides %s)", [s.blocks for s in stages], sides)
-    return RolloutResult(stage_maps, combined, stages, sides, logits.detach())
+    return RolloutResult(stage_maps, combined, stages, sides, chain, logits.detach())
