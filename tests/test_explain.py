@@ -70,9 +70,8 @@ def test_recorder_restores_hooks_and_fused_attention(tiny_vit):
 def test_recorder_restores_after_an_exception(tiny_vit):
     """An exception inside the context still removes hooks and restores fused attention."""
     before_hooks, before_fused = _hooks(tiny_vit), _fused(tiny_vit)
-    with pytest.raises(RuntimeError, match="boom"):
-        with AttentionRecorder(tiny_vit):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), AttentionRecorder(tiny_vit):
+        raise RuntimeError("boom")
     assert _hooks(tiny_vit) == before_hooks
     assert _fused(tiny_vit) == before_fused
 
@@ -159,10 +158,9 @@ def test_gradcam_restores_the_model(tiny_vit):
 def test_grid_probe_restores_after_an_exception(tiny_vit):
     """An exception inside grid_probe still puts the original module back."""
     norm1 = base_blocks(tiny_vit)[-1].norm1
-    with pytest.raises(KeyError):
-        with grid_probe(tiny_vit):
-            assert base_blocks(tiny_vit)[-1].norm1 is not norm1
-            raise KeyError("x")
+    with pytest.raises(KeyError), grid_probe(tiny_vit):
+        assert base_blocks(tiny_vit)[-1].norm1 is not norm1
+        raise KeyError("x")
     assert base_blocks(tiny_vit)[-1].norm1 is norm1
 
 
@@ -179,7 +177,12 @@ def test_grid_probe_does_not_change_the_logits(tiny_vit):
 
 @pytest.mark.parametrize(
     "method",
-    [LinearProbeConfig(), VPTConfig(num_prompts=3, deep=True), ParallelAdapterConfig(), ILAConfig(ds_locations=(1, 3), parallel_adapters=True)],
+    [
+        LinearProbeConfig(),
+        VPTConfig(num_prompts=3, deep=True),
+        ParallelAdapterConfig(),
+        ILAConfig(ds_locations=(1, 3), parallel_adapters=True),
+    ],
     ids=["linear", "vpt-deep", "adapter", "ila++"],
 )
 def test_explainers_run_on_other_methods(tiny_backbone, method):

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..explain.recorder import AttentionRecorder
 
-__all__ = ["gram_linear", "hsic_unbiased_pairwise", "CKAAccumulator", "cka", "cka_matrix"]
+__all__ = ["CKAAccumulator", "cka", "cka_matrix", "gram_linear", "hsic_unbiased_pairwise"]
 
 _logger = logging.getLogger(__name__)
 

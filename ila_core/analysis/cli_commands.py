@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["add_cka_parser", "run_cka", "collect_image_paths"]
+__all__ = ["add_cka_parser", "collect_image_paths", "run_cka"]
 
 _logger = logging.getLogger(__name__)
 

@@ -14,13 +14,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, NullFormatter, ScalarFormatter
 
 __all__ = [
-    "training_curves_figure",
-    "confusion_matrix",
-    "most_confused_pairs",
-    "confusion_figure",
-    "per_class_accuracy_figure",
-    "efficiency_figure",
     "cka_pair_figure",
+    "confusion_figure",
+    "confusion_matrix",
+    "efficiency_figure",
+    "most_confused_pairs",
+    "per_class_accuracy_figure",
+    "training_curves_figure",
 ]
 
 _X_KEYS = ("step", "epoch")

@@ -19,7 +19,7 @@ from .contrast import contrast_cam
 from .gradcam import CamResult, grad_cam
 from .rollout import attention_rollout
 
-__all__ = ["Explanation", "Method", "EXPLAINERS", "explain", "explain_rollout", "explain_gradcam", "explain_contrast"]
+__all__ = ["EXPLAINERS", "Explanation", "Method", "explain", "explain_contrast", "explain_gradcam", "explain_rollout"]
 
 Method = Literal["rollout", "gradcam", "contrast"]
 
@@ -103,7 +103,12 @@ EXPLAINERS: dict[str, Callable[..., Explanation]] = {
 
 
 def explain(
-    model: nn.Module, image: torch.Tensor, *, method: Method = "gradcam", target: int | None = None, other: int | None = None
+    model: nn.Module,
+    image: torch.Tensor,
+    *,
+    method: Method = "gradcam",
+    target: int | None = None,
+    other: int | None = None,
 ) -> Explanation:
     """Explain the model's decision on one preprocessed image.
 

@@ -36,7 +36,7 @@ from ..tokens import grid_to_tokens, split_prefix, tokens_to_grid
 from .recorder import non_patch_tokens
 from .space import backproject, normalise01
 
-__all__ = ["GridProbe", "ClassScore", "CamResult", "grid_probe", "grad_cam", "cam_for_score", "resolve_classes"]
+__all__ = ["CamResult", "ClassScore", "GridProbe", "cam_for_score", "grad_cam", "grid_probe", "resolve_classes"]
 
 _logger = logging.getLogger(__name__)
 

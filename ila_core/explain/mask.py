@@ -17,7 +17,7 @@ import logging
 import numpy as np
 from PIL import Image, ImageFilter
 
-__all__ = ["otsu_threshold", "leaf_mask", "attribution_outside_mask"]
+__all__ = ["attribution_outside_mask", "leaf_mask", "otsu_threshold"]
 
 _logger = logging.getLogger(__name__)
 
@@ -60,7 +60,9 @@ def leaf_mask(image: Image.Image, *, min_gap: float = 20.0, min_fraction: float 
     fraction = float(fg.mean())
     gap = float(chroma[fg].mean() - chroma[~fg].mean()) if 0.0 < fraction < 1.0 else 0.0
     if gap < min_gap or not min_fraction <= fraction <= 1.0 - min_fraction:
-        _logger.debug("no clear leaf/background split (gap %.1f, leaf share %.3f); using the whole frame", gap, fraction)
+        _logger.debug(
+            "no clear leaf/background split (gap %.1f, leaf share %.3f); using the whole frame", gap, fraction
+        )
         return np.ones((rgb.height, rgb.width), dtype=bool)
     m = Image.fromarray(fg.astype(np.uint8) * 255)
     m = m.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))  # opening: drop isolated specks
@@ -78,7 +80,9 @@ def attribution_outside_mask(heatmap: np.ndarray, mask: np.ndarray) -> float:
     if heat.ndim != 2 or mask.ndim != 2:
         raise ValueError(f"heatmap and mask must be 2-D, got {heat.shape} and {mask.shape}")
     if mask.shape != heat.shape:
-        m = Image.fromarray(mask.astype(np.uint8) * 255).resize((heat.shape[1], heat.shape[0]), Image.Resampling.NEAREST)
+        m = Image.fromarray(mask.astype(np.uint8) * 255).resize(
+            (heat.shape[1], heat.shape[0]), Image.Resampling.NEAREST
+        )
         mask = np.asarray(m) > 127
     total = heat.sum()
     if total <= 0:

@@ -12,7 +12,7 @@ import matplotlib
 import numpy as np
 from PIL import Image
 
-__all__ = ["overlay", "heatmap_to_rgb", "resize_heatmap"]
+__all__ = ["heatmap_to_rgb", "overlay", "resize_heatmap"]
 
 Colormap = Literal["jet", "inferno", "viridis", "magma", "turbo"]
 

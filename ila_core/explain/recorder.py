@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from types import TracebackType
+from typing import Self
 
 import torch
 from torch import nn
@@ -79,7 +80,7 @@ class AttentionRecorder:
 
         return record
 
-    def __enter__(self) -> AttentionRecorder:
+    def __enter__(self) -> Self:
         try:
             for i, attn in self._attn_modules():
                 if hasattr(attn, "fused_attn"):

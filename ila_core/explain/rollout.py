@@ -36,7 +36,7 @@ from ..tokens import grid_side
 from .recorder import AttentionRecorder, non_patch_tokens
 from .space import bridge_matrix, normalise01, to_image
 
-__all__ = ["RolloutStage", "RolloutResult", "rollout_stages", "attention_rollout"]
+__all__ = ["RolloutResult", "RolloutStage", "attention_rollout", "rollout_stages"]
 
 _logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch.nn import functional as F
 
-__all__ = ["bridge_kernel_size", "bridge_matrix", "backproject", "to_image", "normalise01"]
+__all__ = ["backproject", "bridge_kernel_size", "bridge_matrix", "normalise01", "to_image"]
 
 
 def bridge_kernel_size(fine_side: int, coarse_side: int) -> int:
@@ -30,7 +30,9 @@ def bridge_kernel_size(fine_side: int, coarse_side: int) -> int:
     return fine_side - coarse_side + 1
 
 
-def bridge_matrix(num_prefix: int, fine_side: int, coarse_side: int, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def bridge_matrix(
+    num_prefix: int, fine_side: int, coarse_side: int, *, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Row-stochastic (P + h'^2, P + h^2) map from coarse tokens to the fine tokens they were built from.
 
     Prefix tokens map to themselves (the adapter passes the CLS token through its identity shortcut);
