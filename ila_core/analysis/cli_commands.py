@@ -47,6 +47,15 @@ def add_cka_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_cka)
 
 
+def _stored_path(data_dir: Path, rel_path: str) -> Path:
+    # the store's convention: rel_path is relative to the data dir, normally "images/<sha>.<ext>";
+    # a bare name is looked up under <data_dir>/images
+    rel = Path(rel_path)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ValueError(f"stored image path leaves the data directory: {rel_path!r}")
+    return data_dir / rel if rel.parts and rel.parts[0] == "images" else data_dir / "images" / rel
+
+
 def collect_image_paths(data_dir: Path, images: Path | None) -> list[Path]:
     """Image files from ``images`` (sorted, recursive) or the store's labelled images.
 
@@ -68,7 +77,7 @@ def collect_image_paths(data_dir: Path, images: Path | None) -> list[Path]:
             items = store.labelled_items()
         finally:
             store.close()
-        paths = [data_dir / "images" / item.rel_path for item in items]
+        paths = [_stored_path(data_dir, item.rel_path) for item in items]
     if not paths:
         raise ValueError("no images found for CKA")
     return paths

@@ -42,7 +42,7 @@ def training_curves_figure(rows: Sequence[Mapping[str, Any]], *, x: str | None =
     Args:
         rows: dicts like ``{"step": 10, "epoch": 1, "train_loss": 0.7, "val_acc": 0.6}``, or store rows with
             the metrics under ``"values"``. Keys containing "loss" go to the left panel, keys containing
-            "acc" to the right; a metric missing from a row is simply not plotted there.
+            "acc"/"top1"/"top5" to the right; a metric missing from a row is simply not plotted there.
         x: the x-axis key; default "step" when every row has one, else "epoch", else the row index.
     """
     flat = [_flatten_row(r) for r in rows]
@@ -51,10 +51,10 @@ def training_curves_figure(rows: Sequence[Mapping[str, Any]], *, x: str | None =
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
     names = sorted({k for r in flat for k, v in r.items() if k not in _SKIP_KEYS and isinstance(v, (int, float))})
-    panels = ((ax_loss, "loss", "Loss"), (ax_acc, "acc", "Accuracy"))
-    for ax, word, title in panels:
+    panels = ((ax_loss, ("loss",), "Loss"), (ax_acc, ("acc", "top1", "top5"), "Accuracy"))
+    for ax, words, title in panels:
         plotted = False
-        for name in (n for n in names if word in n.lower()):
+        for name in (n for n in names if any(w in n.lower() for w in words)):
             pts = [(r[x] if x else i, r[name]) for i, r in enumerate(flat) if isinstance(r.get(name), (int, float))]
             if pts:
                 xs, ys = zip(*pts)
