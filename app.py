@@ -22,7 +22,9 @@ _logger = logging.getLogger("ila_studio")
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags of the app."""
-    p = argparse.ArgumentParser(prog="python app.py", description="ILA Studio: label, explain and retrain in the browser")
+    p = argparse.ArgumentParser(
+        prog="python app.py", description="ILA Studio: label, explain and retrain in the browser"
+    )
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="images, store, adapters (default: data)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (other than loopback needs --auth)")
     p.add_argument("--port", type=int, default=7860)
@@ -32,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None, help="model input size (default: 224; 96 for test_vit)")
     p.add_argument("--weights", choices=["default", "none"], default="default",
                    help="'none' = random backbone, only for trying the app without weights")  # fmt: skip
-    p.add_argument("--no-worker", action="store_true", help="do not train inside the app (run `python -m ila_core worker`)")
+    p.add_argument(
+        "--no-worker", action="store_true", help="do not train inside the app (run `python -m ila_core worker`)"
+    )
     p.add_argument("--no-demo", action="store_true", help="do not seed an empty data directory with the demo set")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -44,7 +48,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     from ila_core.config import DEFAULT_BACKBONE, AppConfig, BackboneConfig
-    from ila_core.ui import Studio, StudioOptions, build_app, launch_settings, load_users, prepare_environment, queue_settings
+    from ila_core.ui import (
+        Studio,
+        StudioOptions,
+        build_app,
+        launch_settings,
+        load_users,
+        prepare_environment,
+        queue_settings,
+    )
 
     try:
         config = AppConfig(data_dir=args.data_dir, host=args.host, port=args.port, auth_file=args.auth)

@@ -16,12 +16,12 @@ import httpx
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from ui_support import fn_index, launched, raw_queue_call, small_options, wait_for, wait_for_job
 
 from ila_core.config import AppConfig
 from ila_core.data.synthetic import SyntheticConfig, generate
 from ila_core.ui import Studio, build_app, launch_settings, queue_settings
 from ila_core.ui.launch import DELETE_CACHE
-from ui_support import fn_index, launched, raw_queue_call, small_options, wait_for, wait_for_job
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_undo_restores_the_previous_label_as_a_new_event(client, app, leaf):
 
 @pytest.mark.parametrize(
     "label",
-    ["Not-A-Cultivar", "", "x" * 10_000, "<img src=x onerror=alert(1)>", "=HYPERLINK(\"http://evil\")"],
+    ["Not-A-Cultivar", "", "x" * 10_000, "<img src=x onerror=alert(1)>", '=HYPERLINK("http://evil")'],
     ids=["unknown", "empty", "10kB", "html", "formula"],
 )
 def test_correction_with_a_bad_label_is_refused_without_an_event(client, app, leaf, label):
@@ -184,7 +184,7 @@ def test_unexpected_handler_error_shows_a_reference_not_a_traceback(client, app,
 
 
 def test_launch_settings_are_the_secure_defaults(app):
-    """share off, file size capped, data folders blocked, nothing allowed, monitoring/MCP off, queue bounded (API-12)."""
+    """No share link, capped uploads, data folders blocked, nothing allowed, monitoring off, bounded queue (API-12)."""
     demo, _, studio = app
     settings = launch_settings(studio.config, studio)
     blocked = set(settings["blocked_paths"])
@@ -193,7 +193,9 @@ def test_launch_settings_are_the_secure_defaults(app):
     assert {str(studio.db_path), str(studio.data_dir / "adapters"), str(studio.data_dir / "images")} <= blocked
     assert settings["run_history"] is False and settings["strict_cors"] is True
     assert queue_settings(studio.config)["max_size"] == studio.config.queue_size
-    assert demo.share is False and demo.max_file_size and demo.allowed_paths == [] and set(demo.blocked_paths) == blocked
+    assert (
+        demo.share is False and demo.max_file_size and demo.allowed_paths == [] and set(demo.blocked_paths) == blocked
+    )
     assert demo._queue.max_size == studio.config.queue_size and demo.show_error is True
     assert demo.delete_cache == DELETE_CACHE
 
@@ -294,3 +296,36 @@ def test_concurrent_corrections_while_training_are_each_stored_once(app, leaf):
     wanted = {cid for mine in ids for cid in mine}
     assert not errors and was_training and ok == "ok"
     assert sorted(c for c in stored if c in wanted) == sorted(wanted)
+
+
+def test_exemplars_come_back_the_same_on_a_second_look(app):
+    """The nearest confirmed images of each candidate do not vanish once their embeddings are cached."""
+    from ila_core.ui.panel import exemplar_items, image_facts
+
+    studio = app[2]
+    with studio.store() as store:
+        image_id = store.images(split="pool")[0]["id"]
+    facts = image_facts(studio, image_id)
+    first, second = exemplar_items(studio, facts), exemplar_items(studio, facts)
+    assert len(first) >= 2 and [c for _, c in first] == [c for _, c in second]
+
+
+@pytest.mark.parametrize("method", ["gradcam", "rollout", "contrast"])
+def test_explanation_overlay_matches_the_model_view(app, method):
+    """Each explanation gives a view/overlay pair of the model's input size and an off-leaf share in [0, 1]."""
+    from ila_core.ui.panel import explain_view, image_facts
+
+    studio = app[2]
+    with studio.store() as store:
+        image_id = store.images(split="holdout")[0]["id"]
+    (view, over), caption, outside = explain_view(studio, image_facts(studio, image_id), method)
+    assert view.size == over.size == (96, 96) and 0.0 <= outside <= 1.0 and "token grid" in caption
+
+
+def test_review_queue_puts_the_smallest_margin_first(app):
+    """The margin queue is sorted ascending by top-1 minus top-2 probability."""
+    from ila_core.ui.review import review_queue
+
+    items = review_queue(app[2], sort="margin", cultivar=None, split=None, version="serving")
+    margins = [i["margin"] for i in items]
+    assert margins and margins == sorted(margins)

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from gradio_client import Client
+from ui_support import fn_index, launched, raw_queue_call, small_options
 
 from ila_core.config import AppConfig
 from ila_core.ui import Studio, launch_settings
 from ila_core.ui.auth import Users, load_users
 from ila_core.ui.errors import scrub, user_message
-from ui_support import fn_index, launched, raw_queue_call, small_options
 
 USERS = "# lab accounts\nada:correct-horse-1:admin\nbob:battery-staple-2\n"
 ADMIN, USER = ("ada", "correct-horse-1"), ("bob", "battery-staple-2")
@@ -100,9 +100,9 @@ def test_named_endpoint_without_login_is_refused(secured, name):
 
 @pytest.mark.parametrize(
     ("api_name", "data"),
-    [("train", [None, None]), ("cancel", []), ("promote", [1]), ("rollback", [None]), ("ui_retrain", [2, 1.0, 0.05, 16, 1]),
-     ("ui_promote", [None]), ("ui_rollback", []), ("ui_import_path", ["/etc", "Detect automatically", "Keep the layout's split"]),
-     ("ui_add_cultivar", ["Zinnia"])],
+    [("train", [None, None]), ("cancel", []), ("promote", [1]), ("rollback", [None]),
+     ("ui_retrain", [2, 1.0, 0.05, 16, 1]), ("ui_promote", [None]), ("ui_rollback", []),
+     ("ui_import_path", ["/etc", "Detect automatically", "Keep the layout's split"]), ("ui_add_cultivar", ["Zinnia"])],
     ids=lambda v: v if isinstance(v, str) else "",
 )  # fmt: skip
 def test_admin_actions_by_a_plain_user_are_refused_in_the_handler(secured, api_name, data):

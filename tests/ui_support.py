@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from ila_core.config import AppConfig
-from ila_core.ui import DemoSpec, Studio, StudioOptions, TEST_BACKBONE, build_app, launch_settings, queue_settings
+from ila_core.ui import TEST_BACKBONE, DemoSpec, Studio, StudioOptions, build_app, launch_settings, queue_settings
 from ila_core.ui.auth import Users
 
 SMALL_DEMO = DemoSpec(num_cultivars=3, image_size=96, train_per_class=6, holdout_per_class=2, pool_per_class=2)
@@ -94,7 +94,9 @@ def fn_index(url: str, api_name: str, client: httpx.Client | None = None) -> int
     raise KeyError(api_name)
 
 
-def raw_queue_call(url: str, index: int, data: list[Any], client: httpx.Client, timeout: float = 30.0) -> dict[str, Any]:
+def raw_queue_call(
+    url: str, index: int, data: list[Any], client: httpx.Client, timeout: float = 30.0
+) -> dict[str, Any]:
     """POST to /gradio_api/queue/join like a browser would, read the SSE stream to the final message.
 
     Returns:

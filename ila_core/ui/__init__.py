@@ -9,14 +9,14 @@ from .options import TEST_BACKBONE, DemoSpec, StudioOptions
 from .studio import Studio
 
 __all__ = [
-    "build_app",
-    "launch_settings",
-    "queue_settings",
-    "prepare_environment",
+    "TEST_BACKBONE",
+    "DemoSpec",
     "Studio",
     "StudioOptions",
-    "DemoSpec",
-    "TEST_BACKBONE",
     "Users",
+    "build_app",
+    "launch_settings",
     "load_users",
+    "prepare_environment",
+    "queue_settings",
 ]

@@ -57,7 +57,9 @@ def register_api(studio: Studio) -> None:
                 "label": row.get("label"), "top_k": [{"label": n, "prob": round(p, 6)} for n, p in topk]}  # fmt: skip
 
     @guarded
-    def correct(image_id: int, label: str, client_event_id: str | None = None, request: gr.Request = None) -> dict[str, Any]:
+    def correct(
+        image_id: int, label: str, client_event_id: str | None = None, request: gr.Request = None
+    ) -> dict[str, Any]:
         """Give an image a cultivar label (one append-only event; resubmitting the same id stores nothing new)."""
         user = studio.username(request)
         with studio.store() as store:

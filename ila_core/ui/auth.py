@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Users", "load_users", "USERS_ENV"]
+__all__ = ["USERS_ENV", "Users", "load_users"]
 
 _logger = logging.getLogger(__name__)
 

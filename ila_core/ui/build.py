@@ -57,14 +57,14 @@ def build_app(config: AppConfig, *, studio: Studio | None = None, options: Studi
             with gr.Tab("Classify", id="classify", elem_id="ila-tab-classify"):
                 gr.HTML(_KEYS)
                 build_classify_tab(studio)
-            with gr.Tab("Review", id="review", elem_id="ila-tab-review"):
-                build_review_tab(studio, demo)
+            with gr.Tab("Review", id="review", elem_id="ila-tab-review") as review_tab:
+                build_review_tab(studio, demo, review_tab)
             with gr.Tab("Train", id="train", elem_id="ila-tab-train"):
                 timer = build_train_tab(studio, demo)
-            with gr.Tab("Models", id="models", elem_id="ila-tab-models"):
-                build_models_tab(studio, demo)
-            with gr.Tab("Data", id="data", elem_id="ila-tab-data"):
-                build_data_tab(studio, demo)
+            with gr.Tab("Models", id="models", elem_id="ila-tab-models") as models_tab:
+                build_models_tab(studio, demo, models_tab)
+            with gr.Tab("Data", id="data", elem_id="ila-tab-data") as data_tab:
+                build_data_tab(studio, demo, data_tab)
         register_api(studio)
 
         @guarded

@@ -73,8 +73,8 @@ def build_classify_tab(studio: Studio) -> ClassifyTab:
             with gr.Row():
                 pool_btn = gr.Button("Open next unlabelled images", size="sm", variant="secondary")
                 clear_btn = gr.Button("Clear session", size="sm", variant="secondary")
-            gallery = gr.Gallery(label="This session", columns=4, height=430, allow_preview=False,
-                                 object_fit="cover", elem_id="ila-gallery")  # fmt: skip
+            gallery = gr.Gallery(label="This session", columns=4, height=430, allow_preview=False, preview=False,
+                                 fit_columns=False, object_fit="cover", elem_id="ila-gallery")  # fmt: skip
             with gr.Row():
                 prev_btn = gr.Button("◀ Previous", elem_id="ila-prev", size="sm")
                 next_btn = gr.Button("Next ▶", elem_id="ila-next", size="sm")
@@ -87,10 +87,19 @@ def build_classify_tab(studio: Studio) -> ClassifyTab:
                     flags = gr.HTML(elem_id="ila-flags")
             with gr.Group(elem_id="ila-classify-actions"):
                 with gr.Row(elem_id="ila-candidates"):
-                    picks = [gr.Button(f"{i + 1}", visible=i < k, elem_id=f"ila-pick-{i + 1}", min_width=80,
-                                       elem_classes=["ila-pick"], interactive=False) for i in range(MAX_PICKS)]  # fmt: skip
+                    picks = [
+                        gr.Button(
+                            f"{i + 1}",
+                            visible=i < k,
+                            elem_id=f"ila-pick-{i + 1}",
+                            min_width=80,
+                            elem_classes=["ila-pick"],
+                            interactive=False,
+                        )
+                        for i in range(MAX_PICKS)
+                    ]
                 with gr.Row():
-                    confirm = gr.Button("Confirm top-1 (Enter)", variant="primary", elem_id="ila-confirm",
+                    confirm = gr.Button("Confirm top-1", variant="primary", elem_id="ila-confirm",
                                         interactive=False)  # fmt: skip
                     unsure = gr.Button("Unsure  (U)", elem_id="ila-unsure", interactive=False)
                     undo_btn = gr.Button("Undo  (Z)", elem_id="ila-undo", interactive=False)
@@ -104,7 +113,8 @@ def build_classify_tab(studio: Studio) -> ClassifyTab:
                                     elem_id="ila-slider", interactive=False)  # fmt: skip
             caption = gr.Markdown(elem_classes=["ila-muted"])
             exemplars = gr.Gallery(label="Nearest confirmed images of each candidate", columns=5, height=220,
-                                   allow_preview=True, object_fit="cover", elem_id="ila-exemplars")  # fmt: skip
+                                   allow_preview=True, preview=False, fit_columns=False, object_fit="cover",
+                                   elem_id="ila-exemplars")  # fmt: skip
 
     fast_out = [header, topk, flags, *picks, confirm, unsure, undo_btn, correct_btn, correction]
     slow_out = [slider, caption, exemplars, flags]
@@ -113,8 +123,14 @@ def build_classify_tab(studio: Studio) -> ClassifyTab:
         sel = state.get("sel")
         names = studio.models.class_names
         if sel is None or not state["ids"]:
-            return [_EMPTY_HEADER, None, "", *[gr.Button(f"{i + 1}", interactive=False, visible=i < k) for i in range(MAX_PICKS)],
-                    *[gr.Button(interactive=False)] * 4, gr.Dropdown(choices=names, value=None)]  # fmt: skip
+            return [
+                _EMPTY_HEADER,
+                None,
+                "",
+                *[gr.Button(f"{i + 1}", interactive=False, visible=i < k) for i in range(MAX_PICKS)],
+                *[gr.Button(interactive=False)] * 4,
+                gr.Dropdown(choices=names, value=None),
+            ]
         facts = image_facts(studio, state["ids"][sel])
         label_value = {name: p for name, p in facts.topk} if facts.topk else None
         buttons = []
@@ -151,8 +167,9 @@ def build_classify_tab(studio: Studio) -> ClassifyTab:
             results.extend(import_path(Path(path), studio.data_dir, fmt="auto", user=user))
         new_ids = [r.image_id for r in results if r.image_id is not None]
         summary = summarise(results)
-        lines = [f"{summary['imported']} new, {summary['duplicate']} already in the store, "
-                 f"{summary['rejected']} rejected."]  # fmt: skip
+        lines = [
+            f"{summary['imported']} new, {summary['duplicate']} already in the store, {summary['rejected']} rejected."
+        ]
         lines += [f"- {r.file.rsplit('/', 1)[-1]}: {r.reason}" for r in results if r.status == "rejected"][:10]
         if new_ids and studio.models.version_id is not None:
             with studio.store() as store:
@@ -195,8 +212,16 @@ def build_classify_tab(studio: Studio) -> ClassifyTab:
                 outcome = undo(store, image_id, user=user, client_event_id=new_event_id())
             else:
                 current = store.current_label(image_id)
-                outcome = record(store, image_id, kind=kind, label=label, user=user, source=source,
-                                 client_event_id=new_event_id(), expected=None if current is None else current["label"])  # fmt: skip
+                outcome = record(
+                    store,
+                    image_id,
+                    kind=kind,
+                    label=label,
+                    user=user,
+                    source=source,
+                    client_event_id=new_event_id(),
+                    expected=None if current is None else current["label"],
+                )
         advance = kind != "undo" and state["sel"] < len(state["ids"]) - 1
         new_state = step(state, 1) if advance else state
         return new_state, outcome.message, _gallery(studio, state["ids"])
@@ -206,7 +231,9 @@ def build_classify_tab(studio: Studio) -> ClassifyTab:
         facts = image_facts(studio, state["ids"][state["sel"]]) if state.get("sel") is not None else None
         if facts is None or i >= len(facts.topk):
             raise UserFacing("No candidate with that number.")
-        return act(state, request, kind="label", label=facts.topk[i][0], source="model-accepted" if i == 0 else "expert")
+        return act(
+            state, request, kind="label", label=facts.topk[i][0], source="model-accepted" if i == 0 else "expert"
+        )
 
     @guarded
     def on_confirm(state: dict[str, Any], request: gr.Request) -> tuple[Any, ...]:
@@ -229,7 +256,8 @@ def build_classify_tab(studio: Studio) -> ClassifyTab:
 
     def refresh(event: Any) -> None:
         event.then(guarded_fast, [session], fast_out, api_visibility="private").then(
-            slow_values, [session, method], slow_out, api_visibility="private", concurrency_id="model")
+            slow_values, [session, method], slow_out, api_visibility="private", concurrency_id="model"
+        )
 
     refresh(upload.upload(on_upload, [upload, session], [gallery, session, report, upload], api_name="ui_upload",
                           api_visibility="private", concurrency_id="model"))  # fmt: skip
@@ -243,7 +271,11 @@ def build_classify_tab(studio: Studio) -> ClassifyTab:
     for i, btn in enumerate(picks):
         refresh(btn.click(_picker(on_pick, i), [session], act_out, api_name=f"ui_pick_{i + 1}",
                           api_visibility="private", concurrency_id="labels", concurrency_limit=4))  # fmt: skip
-    for btn, fn, name in ((confirm, on_confirm, "ui_confirm"), (unsure, on_unsure, "ui_unsure"), (undo_btn, on_undo, "ui_undo")):
+    for btn, fn, name in (
+        (confirm, on_confirm, "ui_confirm"),
+        (unsure, on_unsure, "ui_unsure"),
+        (undo_btn, on_undo, "ui_undo"),
+    ):
         refresh(btn.click(fn, [session], act_out, api_name=name, api_visibility="private", concurrency_id="labels",
                           concurrency_limit=4))  # fmt: skip
     refresh(correct_btn.click(on_correct, [correction, session], act_out, api_name="ui_correct",

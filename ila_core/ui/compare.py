@@ -14,11 +14,16 @@ from typing import Any
 from .media import open_stored
 from .studio import Studio
 
-__all__ = ["VersionDiff", "diff_versions", "metric_rows", "METRIC_NAMES"]
+__all__ = ["METRIC_NAMES", "VersionDiff", "diff_versions", "metric_rows"]
 
 _logger = logging.getLogger(__name__)
 
-METRIC_NAMES = (("top1", "Top-1 accuracy"), ("top5", "Top-5 accuracy"), ("macro_f1", "Macro F1"), ("loss", "Holdout loss"))
+METRIC_NAMES = (
+    ("top1", "Top-1 accuracy"),
+    ("top5", "Top-5 accuracy"),
+    ("macro_f1", "Macro F1"),
+    ("loss", "Holdout loss"),
+)
 MAX_COMPARED = 200
 
 

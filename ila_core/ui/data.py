@@ -21,12 +21,16 @@ from .errors import UserFacing, guarded
 from .labelling import as_text
 from .studio import Studio
 
-__all__ = ["build_data_tab", "counts_table", "EXPORTS", "run_export"]
+__all__ = ["EXPORTS", "build_data_tab", "counts_table", "run_export"]
 
 _logger = logging.getLogger(__name__)
 
-EXPORTS = {"csv": ("CSV of current labels", "labels.csv"), "history": ("Label history (every event)", "history.csv"),
-           "labelstudio": ("Label Studio JSON", "labelstudio.json"), "imagefolder": ("ImageFolder tree (.zip)", "imagefolder")}  # fmt: skip
+EXPORTS = {
+    "csv": ("CSV of current labels", "labels.csv"),
+    "history": ("Label history (every event)", "history.csv"),
+    "labelstudio": ("Label Studio JSON", "labelstudio.json"),
+    "imagefolder": ("ImageFolder tree (.zip)", "imagefolder"),
+}
 FORMATS = {"Detect automatically": "auto", "ImageFolder": "imagefolder", "CSV (path,label[,split])": "csv",
            "UFG benchmark layout": "ufg"}  # fmt: skip
 SPLIT_OVERRIDE = {"Keep the layout's split": None, "All to train": "train", "All to holdout": "holdout"}
@@ -45,7 +49,9 @@ def counts_table(studio: Studio) -> tuple[list[list[Any]], str]:
     for name in names:
         t, h, p = (by_split[s].get(name, 0) for s in ("train", "holdout", "pool"))
         rows.append([name, t, h, p, t + h + p])
-    line = f"{total} images · {labelled} with a cultivar label · {total - labelled} unlabelled or unsure · {len(names)} cultivars"
+    unlabelled = total - labelled
+    line = f"{total} images · {labelled} with a cultivar label · {unlabelled} unlabelled or unsure"
+    line += f" · {len(names)} cultivars"
     return rows, line
 
 
@@ -74,7 +80,7 @@ def run_export(studio: Studio, fmt: str) -> Path:
     return folder / name
 
 
-def build_data_tab(studio: Studio, demo: gr.Blocks) -> None:
+def build_data_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
     """Lay out the Data tab inside the current ``gr.Tab`` and wire its events."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=6):
@@ -93,8 +99,13 @@ def build_data_tab(studio: Studio, demo: gr.Blocks) -> None:
         with gr.Column(scale=5):
             gr.Markdown("### Counts")
             totals = gr.Markdown(elem_id="ila-totals")
-            counts = gr.Dataframe(headers=["Cultivar", "Train", "Holdout", "Unassigned", "Total"], value=[],
-                                  label="Labelled images per cultivar and split", interactive=False, max_height=300)  # fmt: skip
+            counts = gr.Dataframe(
+                headers=["Cultivar", "Train", "Holdout", "Unassigned", "Total"],
+                value=[],
+                label="Labelled images per cultivar and split",
+                interactive=False,
+                max_height=300,
+            )
             with gr.Row(elem_classes=["ila-toolbar"]):
                 new_cultivar = gr.Textbox(label="New cultivar name (admins)", scale=3)
                 add_btn = gr.Button("Add cultivar", scale=1, min_width=120)
@@ -149,6 +160,7 @@ def build_data_tab(studio: Studio, demo: gr.Blocks) -> None:
         return str(run_export(studio, fmt_key))
 
     demo.load(load_counts, None, [counts, totals], api_visibility="private", queue=False)
+    tab.select(load_counts, None, [counts, totals], api_visibility="private", queue=False)
     upload.upload(on_upload, [upload, fmt, split], [report, summary, upload], api_name="ui_import_upload",
                   api_visibility="private", concurrency_id="import", concurrency_limit=1).then(
         load_counts, None, [counts, totals], api_visibility="private", queue=False)  # fmt: skip

@@ -21,7 +21,7 @@ import gradio as gr
 from ..images import BadImage
 from ..store import JobBusy, StoreError
 
-__all__ = ["guarded", "scrub", "UserFacing", "user_message"]
+__all__ = ["UserFacing", "guarded", "scrub", "user_message"]
 
 _logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def guarded(fn: F) -> F:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except Exception as exc:  # noqa: BLE001 - this is the boundary that decides what users see
+        except Exception as exc:
             message = user_message(exc)
             if message is not None:
                 _logger.info("%s refused: %s", fn.__name__, message)

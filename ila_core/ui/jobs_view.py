@@ -6,12 +6,12 @@ lives in SQLite, not in the page.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .labelling import as_text
 
-__all__ = ["job_card_html", "history_rows", "HISTORY_HEADERS", "job_fraction", "short_duration"]
+__all__ = ["HISTORY_HEADERS", "history_rows", "job_card_html", "job_fraction", "short_duration"]
 
 HISTORY_HEADERS = ["Job", "Status", "By", "Started", "Duration", "Result"]
 _PHASES = {"prepare": "preparing data", "cache": "caching frozen features", "train": "training adapters",
@@ -31,7 +31,7 @@ def short_duration(seconds: float | None) -> str:
     """``"1 min 05 s"`` / ``"42 s"``; empty for None."""
     if seconds is None:
         return ""
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     if seconds < 60:
         return f"{seconds} s"
     minutes, sec = divmod(seconds, 60)
@@ -60,7 +60,7 @@ def job_card_html(job: dict[str, Any] | None, now: datetime | None = None) -> st
     """The live card of the newest job (or a hint when there is none)."""
     if job is None:
         return '<div class="ila-card"><b>No training job yet.</b> Label some images, then press Retrain.</div>'
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     p = job.get("progress") or {}
     status = job["status"]
     title = f"Job #{job['id']} · <span class='ila-pill ila-pill-{status}'>{status}</span>"
@@ -89,16 +89,19 @@ def job_card_html(job: dict[str, Any] | None, now: datetime | None = None) -> st
     started, finished = _when(job.get("started_at")), _when(job.get("finished_at"))
     if started is not None:
         end = finished or now
-        lines.append(f"Running time {short_duration((end - started).total_seconds())}"
-                     + (f" · data snapshot up to label event {job['snapshot_event_id']}" if job.get("snapshot_event_id") is not None else ""))  # fmt: skip
+        line = f"Running time {short_duration((end - started).total_seconds())}"
+        if job.get("snapshot_event_id") is not None:
+            line += f" · data snapshot up to label event {job['snapshot_event_id']}"
+        lines.append(line)
     if p.get("train_images") is not None:
         lines.append(f"{p['train_images']} training and {p.get('holdout_images', 0)} holdout images, "
                      f"{p.get('classes', '?')} cultivars")  # fmt: skip
-    pct = int(round(100 * job_fraction(job)))
+    pct = round(100 * job_fraction(job))
     bar = f'<div class="ila-bar" role="progressbar" aria-valuenow="{pct}"><span style="width:{pct}%"></span></div>'
     body = "".join(f"<div>{line}</div>" for line in lines)
     show_bar = status in ("queued", "running", "succeeded")
-    return f'<div class="ila-card" id="ila-job-card"><div class="ila-card-title">{title}</div>{bar if show_bar else ""}{body}</div>'
+    head = f'<div class="ila-card-title">{title}</div>'
+    return f'<div class="ila-card" id="ila-job-card">{head}{bar if show_bar else ""}{body}</div>'
 
 
 def history_rows(jobs: list[dict[str, Any]]) -> list[list[Any]]:

@@ -15,7 +15,7 @@ from typing import Any
 from ..store import NOT_GIVEN, LabelStore, UnknownCultivar
 from .errors import UserFacing
 
-__all__ = ["LabelOutcome", "record", "undo", "bulk_relabel", "new_event_id", "image_label"]
+__all__ = ["LabelOutcome", "bulk_relabel", "image_label", "new_event_id", "record", "undo"]
 
 KIND_TITLES = {"label": "label", "unsure": "unsure", "between": "between"}
 

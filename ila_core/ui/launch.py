@@ -17,7 +17,7 @@ import gradio as gr
 from ..config import AppConfig
 from .studio import Studio
 
-__all__ = ["prepare_environment", "launch_settings", "queue_settings", "theme", "css", "head", "ASSETS", "DELETE_CACHE"]
+__all__ = ["ASSETS", "DELETE_CACHE", "css", "head", "launch_settings", "prepare_environment", "queue_settings", "theme"]
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DELETE_CACHE = (3600, 86400)  # every hour, delete cached uploads older than a day
@@ -43,7 +43,16 @@ def _asset(name: str) -> str:
 
 def theme() -> gr.themes.Base:
     """A calm green-on-slate theme with system fonts (nothing fetched from font CDNs)."""
-    fonts = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial", "sans-serif"]
+    fonts = [
+        "ui-sans-serif",
+        "system-ui",
+        "-apple-system",
+        "Segoe UI",
+        "Roboto",
+        "Helvetica Neue",
+        "Arial",
+        "sans-serif",
+    ]
     mono = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
     base = gr.themes.Soft(primary_hue="emerald", secondary_hue="slate", neutral_hue="slate", font=fonts,
                           font_mono=mono, radius_size="sm", text_size="md")  # fmt: skip

@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-__all__ = ["open_stored", "thumbnail", "ThumbnailCache"]
+__all__ = ["ThumbnailCache", "open_stored", "thumbnail"]
 
 _logger = logging.getLogger(__name__)
 

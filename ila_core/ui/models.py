@@ -19,11 +19,22 @@ from .compare import diff_versions
 from .errors import UserFacing, guarded
 from .studio import Studio
 
-__all__ = ["build_models_tab", "promote_version", "rollback_version", "version_rows", "VERSION_HEADERS"]
+__all__ = ["VERSION_HEADERS", "build_models_tab", "promote_version", "rollback_version", "version_rows"]
 
 _logger = logging.getLogger(__name__)
 
-VERSION_HEADERS = ["Version", "Status", "Created", "Top-1", "Top-5", "Macro F1", "Holdout images", "Epochs", "Job", "Parent"]
+VERSION_HEADERS = [
+    "Version",
+    "Status",
+    "Created",
+    "Top-1",
+    "Top-5",
+    "Macro F1",
+    "Holdout images",
+    "Epochs",
+    "Job",
+    "Parent",
+]
 
 
 def _num(value: Any) -> str:
@@ -62,7 +73,7 @@ def rollback_version(studio: Studio, request: gr.Request | None, version_id: int
     return f"Rolled back: version {target} is active and serving again."
 
 
-def build_models_tab(studio: Studio, demo: gr.Blocks) -> None:
+def build_models_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
     """Lay out the Models tab inside the current ``gr.Tab`` and wire its events."""
     with gr.Row(elem_classes=["ila-toolbar"]):
         chosen = gr.Dropdown([], label="Version to inspect", scale=3, elem_id="ila-version")
@@ -83,7 +94,7 @@ def build_models_tab(studio: Studio, demo: gr.Blocks) -> None:
         with gr.Column(scale=6):
             confusion = gr.Plot(label="Confusion matrix (holdout)")
             flipped = gr.Gallery(label="Holdout images whose prediction changed", columns=6, height=220,
-                                 allow_preview=True, object_fit="cover")  # fmt: skip
+                                 allow_preview=True, preview=False, fit_columns=False, object_fit="cover")  # fmt: skip
 
     @guarded
     def load() -> list[Any]:
@@ -109,9 +120,18 @@ def build_models_tab(studio: Studio, demo: gr.Blocks) -> None:
         names = (v.get("manifest") or {}).get("class_names") or list((m.get("per_class_accuracy") or {}).keys())
         fig = confusion_figure(np.asarray(m["confusion"]), names) if m.get("confusion") and names else None
         with studio.store() as store:
-            thumbs = [(studio.thumbs.get(store.image(f["id"])),
-                       f"#{f['id']} · {f['before']} → {f['after']} · label {f['label'] or '—'}") for f in diff.flipped[:30]]  # fmt: skip
-        label = f"Holdout images whose prediction changed ({len(diff.flipped)})" if base else "Holdout images whose prediction changed (no baseline)"
+            thumbs = [
+                (
+                    studio.thumbs.get(store.image(f["id"])),
+                    f"#{f['id']} · {f['before']} → {f['after']} · label {f['label'] or '—'}",
+                )
+                for f in diff.flipped[:30]
+            ]
+        label = (
+            f"Holdout images whose prediction changed ({len(diff.flipped)})"
+            if base
+            else "Holdout images whose prediction changed (no baseline)"
+        )
         return [" ".join(lines), diff.metrics, diff.per_class, fig, gr.Gallery(value=thumbs, label=label)]
 
     @guarded
@@ -127,9 +147,17 @@ def build_models_tab(studio: Studio, demo: gr.Blocks) -> None:
 
     details = [summary, metrics, per_class, confusion, flipped]
     demo.load(load, None, [table, chosen], api_visibility="private", queue=False)
+    tab.select(load, None, [table, chosen], api_visibility="private", queue=False)
     refresh.click(load, None, [table, chosen], api_name="ui_versions", api_visibility="private", queue=False)
     chosen.change(inspect, [chosen], details, api_name="ui_compare", api_visibility="private", concurrency_id="model")
     for btn, fn, name in ((promote, on_promote, "ui_promote"), (rollback, on_rollback, "ui_rollback")):
         inputs = [chosen] if btn is promote else None
-        btn.click(fn, inputs, [message], api_name=name, api_visibility="private", concurrency_limit=1,
-                  concurrency_id="versions").then(load, None, [table, chosen], api_visibility="private", queue=False)  # fmt: skip
+        btn.click(
+            fn,
+            inputs,
+            [message],
+            api_name=name,
+            api_visibility="private",
+            concurrency_limit=1,
+            concurrency_id="versions",
+        ).then(load, None, [table, chosen], api_visibility="private", queue=False)

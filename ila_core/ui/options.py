@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import BackboneConfig
 
-__all__ = ["DemoSpec", "StudioOptions", "TEST_BACKBONE"]
+__all__ = ["TEST_BACKBONE", "DemoSpec", "StudioOptions"]
 
 TEST_BACKBONE = BackboneConfig(name="test_vit", image_size=96, weights="none")  # tiny random ViT for tests
 

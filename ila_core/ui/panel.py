@@ -17,7 +17,7 @@ from .scoring import TopK, margin, predictions_for
 from .serving import METHODS
 from .studio import Studio
 
-__all__ = ["ImageFacts", "image_facts", "header_markdown", "flags_html", "explain_view", "exemplar_items"]
+__all__ = ["ImageFacts", "exemplar_items", "explain_view", "flags_html", "header_markdown", "image_facts"]
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,8 @@ def header_markdown(facts: ImageFacts) -> str:
     """One line: name, id, split, current label, model version."""
     label = as_text(facts.label) if facts.label else "not labelled"
     model = f"model v{facts.version_id}" if facts.version_id is not None else "no model yet"
-    return f"**{facts.name}** &nbsp;·&nbsp; image #{facts.image_id} &nbsp;·&nbsp; {facts.split} &nbsp;·&nbsp; label: **{label}** &nbsp;·&nbsp; {model}"
+    parts = [f"**{facts.name}**", f"image #{facts.image_id}", facts.split, f"label: **{label}**", model]
+    return " &nbsp;·&nbsp; ".join(parts)
 
 
 def flags_html(studio: Studio, facts: ImageFacts, outside_leaf: float | None = None) -> str:
@@ -71,13 +72,16 @@ def flags_html(studio: Studio, facts: ImageFacts, outside_leaf: float | None = N
             notes.append(("warn", f"Low confidence: top-1 is {top_p:.0%} (below {studio.options.low_confidence:.0%})."))
         if len(facts.topk) > 1 and margin(facts.topk) < 0.1:
             runner = facts.topk[1][0]
-            notes.append(("warn", f"Close call between {as_text(top_label)} and {as_text(runner)} "
-                                  f"(margin {margin(facts.topk):.0%}); check the contrast map."))  # fmt: skip
+            gap = margin(facts.topk)
+            pair = f"{as_text(top_label)} and {as_text(runner)}"
+            text = f"Close call between {pair} (margin {gap:.0%}); check the contrast map."
+            notes.append(("warn", text))
         if facts.label and facts.label not in ("unsure", top_label):
             notes.append(("warn", f"The model disagrees with the current label ({as_text(facts.label)})."))
     if outside_leaf is not None and outside_leaf > studio.options.off_leaf_warning:
-        notes.append(("warn", f"{outside_leaf:.0%} of the attribution lies outside the leaf: the model may be "
-                              "using the background (tags, rulers, shadows)."))  # fmt: skip
+        text = (f"{outside_leaf:.0%} of the attribution lies outside the leaf: the model may be using the "
+                "background (tags, rulers, shadows).")  # fmt: skip
+        notes.append(("warn", text))
     if not notes:
         notes.append(("ok", "Confident prediction; attribution on the leaf."))
     return "".join(f'<div class="ila-note ila-note-{kind}">{text}</div>' for kind, text in notes)

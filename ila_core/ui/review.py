@@ -17,7 +17,7 @@ from .labelling import bulk_relabel, new_event_id, undo
 from .scoring import TopK, margin, predictions_for
 from .studio import Studio
 
-__all__ = ["build_review_tab", "review_queue", "SORTS"]
+__all__ = ["SORTS", "build_review_tab", "review_queue"]
 
 _logger = logging.getLogger(__name__)
 
@@ -34,7 +34,9 @@ def _version_choices(studio: Studio) -> list[tuple[str, str]]:
     with studio.store() as store:
         versions = store.model_versions()
     served = studio.models.version_id
-    choices = [(f"v{v['id']} ({v['status']}{', serving' if v['id'] == served else ''})", str(v["id"])) for v in versions]
+    choices = [
+        (f"v{v['id']} ({v['status']}{', serving' if v['id'] == served else ''})", str(v["id"])) for v in versions
+    ]
     return [("Serving model", "serving"), *choices]
 
 
@@ -60,12 +62,22 @@ def review_queue(
                     preds[int(row["id"])] = [(t["label"], float(t["prob"])) for t in found["topk"]]
     items = []
     for row in rows:
-        label = row.get("label") if row.get("label_kind") == "label" else ("unsure" if row.get("label_kind") == "unsure" else None)
+        label = (
+            row.get("label")
+            if row.get("label_kind") == "label"
+            else ("unsure" if row.get("label_kind") == "unsure" else None)
+        )
         topk = preds.get(int(row["id"]), [])
         top1 = topk[0][0] if topk else None
         if cultivar and cultivar not in (label, top1):
             continue
-        item = {"id": int(row["id"]), "row": row, "label": label, "topk": topk, "margin": margin(topk) if topk else None}
+        item = {
+            "id": int(row["id"]),
+            "row": row,
+            "label": label,
+            "topk": topk,
+            "margin": margin(topk) if topk else None,
+        }
         if sort == "margin" and not topk:
             continue
         if sort == "disagree" and not (topk and label and label != "unsure" and label != top1):
@@ -85,14 +97,14 @@ def review_queue(
 def _detail_row(item: dict[str, Any]) -> list[Any]:
     name, p = item["topk"][0] if item["topk"] else ("", None)
     return [f"#{item['id']}", item["label"] or "—", name, "" if p is None else f"{p:.0%}",
-            "" if item["margin"] is None else f"{item['margin']:.2f}", item["row"].get("split") or "pool"]  # fmt: skip
+            "" if item["margin"] is None else f"{item['margin']:.3f}", item["row"].get("split") or "pool"]  # fmt: skip
 
 
 def _short(item: dict[str, Any]) -> str:
     return f"#{item['id']}" + (f" {item['label']}" if item["label"] else "")
 
 
-def build_review_tab(studio: Studio, demo: gr.Blocks) -> None:
+def build_review_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
     """Lay out the Review tab inside the current ``gr.Tab`` and wire its events."""
     shown = gr.State([])
     with gr.Row(elem_classes=["ila-toolbar"]):
@@ -104,7 +116,8 @@ def build_review_tab(studio: Studio, demo: gr.Blocks) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=7):
             gallery = gr.Gallery(label="Queue (click an image to select it)", columns=6, height=470,
-                                 allow_preview=False, object_fit="cover", elem_id="ila-review-gallery")  # fmt: skip
+                                 allow_preview=False, preview=False, fit_columns=False, object_fit="cover",
+                                 elem_id="ila-review-gallery")  # fmt: skip
             details = gr.Dataframe(headers=QUEUE_HEADERS, value=[], label="Queue details", interactive=False,
                                    max_height=260, elem_id="ila-review-table")  # fmt: skip
         with gr.Column(scale=4, min_width=300):
@@ -126,7 +139,7 @@ def build_review_tab(studio: Studio, demo: gr.Blocks) -> None:
                 gr.Dropdown(choices=names)]  # fmt: skip
 
     @guarded
-    def on_refresh(how: str, name: str, where: str, ver: str, progress: gr.Progress = gr.Progress()) -> list[Any]:
+    def on_refresh(how: str, name: str, where: str, ver: str, progress: gr.Progress = gr.Progress()) -> list[Any]:  # noqa: B008
         items = review_queue(studio, sort=how, cultivar=None if name in (None, ALL) else name,
                              split=SPLITS.get(where), version=ver, progress=progress)  # fmt: skip
         with studio.store() as store:
@@ -166,12 +179,18 @@ def build_review_tab(studio: Studio, demo: gr.Blocks) -> None:
 
     filters = [cultivar, version, relabel_to]
     demo.load(load_filters, None, filters, api_visibility="private", queue=False)
+    tab.select(load_filters, None, filters, api_visibility="private", queue=False)
     refresh.click(load_filters, None, filters, api_visibility="private", queue=False).then(
-        on_refresh, [sort, cultivar, split, version], [gallery, details, selected, shown, message], api_name="ui_review",
-        api_visibility="private", concurrency_id="model")  # fmt: skip
+        on_refresh,
+        [sort, cultivar, split, version],
+        [gallery, details, selected, shown, message],
+        api_name="ui_review",
+        api_visibility="private",
+        concurrency_id="model",
+    )
     gallery.select(on_pick, [shown, selected], [selected], api_visibility="private", queue=False)
     select_all.click(lambda ids: [str(i) for i in ids], [shown], [selected], api_visibility="private", queue=False)
-    clear.click(lambda: [], None, [selected], api_visibility="private", queue=False)
+    clear.click(list, None, [selected], api_visibility="private", queue=False)
     apply.click(on_apply, [relabel_to, selected], [message], api_name="ui_bulk_relabel", api_visibility="private",
                 concurrency_id="labels", concurrency_limit=4)  # fmt: skip
     undo_btn.click(on_undo, [selected], [message], api_name="ui_bulk_undo", api_visibility="private",

@@ -14,7 +14,7 @@ from ..store import LabelStore
 from .media import open_stored
 from .serving import ModelRuntime
 
-__all__ = ["TopK", "predictions_for", "margin"]
+__all__ = ["TopK", "margin", "predictions_for"]
 
 _logger = logging.getLogger(__name__)
 

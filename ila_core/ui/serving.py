@@ -25,7 +25,7 @@ from ..store import LabelStore
 from .errors import UserFacing
 from .options import StudioOptions
 
-__all__ = ["ModelRuntime", "Explained", "Exemplar", "METHODS"]
+__all__ = ["METHODS", "Exemplar", "Explained", "ModelRuntime"]
 
 _logger = logging.getLogger(__name__)
 
@@ -137,12 +137,16 @@ class ModelRuntime:
 
     # -- predictions --------------------------------------------------------------------------
 
-    def predict(self, images: Sequence[Image.Image], k: int | None = None) -> tuple[int | None, list[list[tuple[str, float]]]]:
+    def predict(
+        self, images: Sequence[Image.Image], k: int | None = None
+    ) -> tuple[int | None, list[list[tuple[str, float]]]]:
         """``(version id, top-k per image)``, every answer from the same version."""
         self._served()
         return self.predictor.predict_versioned(list(images), k or self.options.top_k)
 
-    def predict_with(self, version: dict[str, Any], images: Sequence[Image.Image], k: int | None = None) -> list[list[tuple[str, float]]]:
+    def predict_with(
+        self, version: dict[str, Any], images: Sequence[Image.Image], k: int | None = None
+    ) -> list[list[tuple[str, float]]]:
         """Top-k of any version (e.g. a candidate being compared), without serving it.
 
         The served version answers directly; another version is built and validated once and kept until a
@@ -285,7 +289,9 @@ class ModelRuntime:
                     images[item.sha256] = Image.open(image_path(self.data_dir, item.rel_path)).convert("RGB")
                 except OSError:
                     _logger.warning("exemplar image %d missing on disk", item.image_id)
-        feats = self.embed(images)
+        self.embed(images)  # fills the cache for the ones not embedded yet
+        with self._embed_lock:
+            feats = {k: self._embeddings[k] for k in [query_key, *(i.sha256 for i in pool)] if k in self._embeddings}
         q = feats[query_key]
         out: list[Exemplar] = []
         for cultivar in cultivars:

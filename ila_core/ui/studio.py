@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import gradio as gr
 
@@ -28,7 +28,7 @@ from .media import ThumbnailCache
 from .options import StudioOptions
 from .serving import ModelRuntime
 
-__all__ = ["Studio", "StartupStatus", "DB_NAME", "GRADIO_TMP", "LOCAL_USER"]
+__all__ = ["DB_NAME", "GRADIO_TMP", "LOCAL_USER", "StartupStatus", "Studio"]
 
 _logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class Studio:
         if self.worker is not None:
             self.worker.stop(timeout=30)
 
-    def __enter__(self) -> Studio:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

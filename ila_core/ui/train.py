@@ -20,7 +20,7 @@ from .errors import UserFacing, guarded
 from .jobs_view import HISTORY_HEADERS, history_rows, job_card_html
 from .studio import Studio
 
-__all__ = ["build_train_tab", "start_training", "cancel_training"]
+__all__ = ["build_train_tab", "cancel_training", "start_training"]
 
 _logger = logging.getLogger(__name__)
 
@@ -36,7 +36,9 @@ def start_training(studio: Studio, request: gr.Request | None, **overrides: Any)
         try:
             job_id = studio.enqueue_training(store, user=user, **overrides)
         except JobBusy as exc:
-            raise UserFacing(f"A training job is already running (job {exc.job_id}). Wait for it or cancel it.") from None
+            raise UserFacing(
+                f"A training job is already running (job {exc.job_id}). Wait for it or cancel it."
+            ) from None
     if studio.worker is None:
         return job_id, f"Job {job_id} queued. No worker runs inside this app: start `python -m ila_core worker`."
     return job_id, f"Job {job_id} queued; the worker starts it within seconds."
@@ -59,7 +61,12 @@ def _curve_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in rows:
         v = r["values"]
         if v.get("phase") == "holdout":
-            point = {"step": r["step"], "epoch": r["epoch"], "holdout_acc": v.get("top1"), "holdout_loss": v.get("loss")}
+            point = {
+                "step": r["step"],
+                "epoch": r["epoch"],
+                "holdout_acc": v.get("top1"),
+                "holdout_loss": v.get("loss"),
+            }
             out.append({k: val for k, val in point.items() if val is not None})
         else:
             out.append({"step": r["step"], "epoch": r["epoch"], "train_loss": v.get("loss")})
@@ -132,7 +139,8 @@ def build_train_tab(studio: Studio, demo: gr.Blocks) -> gr.Timer:
                   api_visibility="private", concurrency_limit=1, concurrency_id="train").then(
         guarded_poll, [seen], outputs, api_visibility="private", queue=False)  # fmt: skip
     cancel.click(on_cancel, None, [message], api_name="ui_cancel", api_visibility="private").then(
-        guarded_poll, [seen], outputs, api_visibility="private", queue=False)
+        guarded_poll, [seen], outputs, api_visibility="private", queue=False
+    )
     timer.tick(guarded_poll, [seen], outputs, api_name="ui_train_poll", api_visibility="private", queue=False,
                show_progress="hidden")  # fmt: skip
     return timer
