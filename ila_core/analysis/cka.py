@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..explain.modes import eval_mode
 from ..explain.recorder import AttentionRecorder
 
 __all__ = ["CKAAccumulator", "cka", "cka_matrix", "gram_linear", "hsic_unbiased_pairwise"]
@@ -125,15 +126,10 @@ def cka_matrix(model: nn.Module, batches: Iterable[object], *, blocks: Sequence[
         (L, L) float64 array, symmetric, ones on the diagonal.
     """
     acc = CKAAccumulator()
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), AttentionRecorder(model, blocks) as rec:
-            for batch in batches:
-                rec.clear()
-                model(_images(batch))
-                acc.update([a.flatten(1) for a in rec.ordered()])  # (B, heads * N * N) per block
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad(), AttentionRecorder(model, blocks) as rec:
+        for batch in batches:
+            rec.clear()
+            model(_images(batch))
+            acc.update([a.flatten(1) for a in rec.ordered()])  # (B, heads * N * N) per block
     _logger.info("CKA over %d batches, %d layers", acc.batches, len(rec.blocks))
     return acc.result()

@@ -4,6 +4,7 @@ from .contrast import LogitDifference, contrast_cam
 from .explanation import EXPLAINERS, Explanation, Method, explain, explain_contrast, explain_gradcam, explain_rollout
 from .gradcam import CamResult, ClassScore, GridProbe, grad_cam, grid_probe
 from .mask import attribution_outside_mask, leaf_mask, otsu_threshold
+from .modes import eval_mode
 from .overlay import heatmap_to_rgb, overlay
 from .recorder import AttentionRecorder, non_patch_tokens
 from .rollout import RolloutResult, RolloutStage, attention_rollout, rollout_stages
@@ -22,6 +23,7 @@ __all__ = [
     "attention_rollout",
     "attribution_outside_mask",
     "contrast_cam",
+    "eval_mode",
     "explain",
     "explain_contrast",
     "explain_gradcam",

@@ -33,6 +33,7 @@ from torch import nn
 
 from ..adapters import ILABlock, base_blocks
 from ..tokens import grid_to_tokens, split_prefix, tokens_to_grid
+from .modes import eval_mode
 from .recorder import non_patch_tokens
 from .space import backproject, normalise01
 
@@ -172,14 +173,9 @@ def cam_for_score(model: nn.Module, score: nn.Module, x: torch.Tensor) -> CamRes
     mode and restored; gradients are enabled locally, so a fully frozen model works (captum makes the
     probe's activation require grad). Do not call it under ``torch.inference_mode()``.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad(), grid_probe(model) as probe:
-            cam = LayerGradCam(score, probe.grid)
-            attr = cam.attribute(x, target=0, relu_attributions=True)  # (B, 1, h, h)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.enable_grad(), grid_probe(model) as probe:
+        cam = LayerGradCam(score, probe.grid)
+        attr = cam.attribute(x, target=0, relu_attributions=True)  # (B, 1, h, h)
     grid = attr.detach().float().squeeze(1)
     sides = _sides_to_probe(model, x, int(grid.shape[-1]))
     base = backproject(grid, sides).unsqueeze(1)  # (B, 1, h0, h0)

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..tokens import grid_side
+from .modes import eval_mode
 from .recorder import AttentionRecorder, non_patch_tokens
 from .space import bridge_matrix, normalise01, to_image
 
@@ -146,14 +147,9 @@ def attention_rollout(
     """
     if combine not in ("chain", "last", "mean"):
         raise ValueError(f"unknown combine {combine!r} (chain, last, mean)")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), AttentionRecorder(model) as rec:
-            logits = model(x)
-            maps = rec.ordered()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad(), AttentionRecorder(model) as rec:
+        logits = model(x)
+        maps = rec.ordered()
     stages = rollout_stages(maps, head_fusion=head_fusion, residual=residual)
     use_cls = getattr(model, "global_pool", "token") == "token" and getattr(model, "cls_token", None) is not None
     image_size = (int(x.shape[-2]), int(x.shape[-1]))
