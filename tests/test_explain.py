@@ -346,3 +346,40 @@ def test_sanity_rollout_puts_most_mass_on_the_square(square_model):
     res = attention_rollout(model, x)
     assert float((_quadrant(res.combined) == quad).float().mean()) >= 0.8
     assert float((_quadrant(res.stage_maps[-1]) == quad).float().mean()) >= 0.8
+
+
+def test_probe_after_last_block_sees_no_gradient_with_cls_pooling(tiny_vit):
+    """Why the probe wraps norm1: with CLS pooling the last block's output patch tokens get zero gradient."""
+    from captum.attr import LayerGradCam
+
+    from ila_core.explain import ClassScore, GridProbe
+
+    tiny_vit.eval()
+    last = tiny_vit.blocks[-1]
+    probe = GridProbe(tiny_vit.num_prefix_tokens)
+    tiny_vit.blocks[-1] = torch.nn.Sequential(last, probe)
+    try:
+        attr = LayerGradCam(ClassScore(tiny_vit, 0), probe.grid).attribute(torch.randn(2, 3, SIZE, SIZE), target=0)
+    finally:
+        tiny_vit.blocks[-1] = last
+    assert float(attr.detach().abs().max()) == 0.0
+    assert float(grad_cam(tiny_vit, torch.randn(2, 3, SIZE, SIZE), target=0).grid.abs().max()) > 0.0
+
+
+def test_average_pooled_model_probes_the_last_output_and_reads_all_patches():
+    """Without a CLS token (avg pooling) Grad-CAM probes the block output and rollout averages patch rows."""
+    import timm
+
+    from ila_core.adapters import inject
+
+    model = timm.create_model(
+        "test_vit", pretrained=False, img_size=SIZE, num_classes=3, class_token=False, global_pool="avg"
+    )
+    inject(model, ILAConfig(ds_locations=(1, 3)))
+    assert model.num_prefix_tokens == 0
+    blocks = list(model.blocks)
+    cam = grad_cam(model, torch.randn(2, 3, SIZE, SIZE))
+    assert cam.grid.shape == (2, 2, 2) and float(cam.grid.abs().sum()) > 0
+    assert list(model.blocks) == blocks
+    res = attention_rollout(model, torch.randn(2, 3, SIZE, SIZE))
+    assert res.stage_sides == [6, 4, 2] and res.combined.shape == (2, SIZE, SIZE)
