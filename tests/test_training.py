@@ -189,3 +189,21 @@ def test_freeze_cls_token_option(tiny_backbone, ila_config):
     """freeze_cls_token turns the method's CLS training off (needed for a cacheable prefix)."""
     built = prepare_model(tiny_backbone, ila_config, 3, dataclasses.replace(TrainConfig(), freeze_cls_token=True))
     assert not built.model.cls_token.requires_grad and built.model.head.weight.requires_grad
+
+
+def test_shared_backbone_tensors_are_not_copied_or_changed(toy, tiny_backbone, ila_config):
+    """A second model can share the first's frozen tensors; training it changes none of them."""
+    from ila_core.checkpoint import build_reproducible
+    from ila_core.training.fit import share_frozen_weights
+
+    _, _, data = toy
+    served = build_reproducible(tiny_backbone, ila_config, 3).model
+    before = {n: p.detach().clone() for n, p in served.named_parameters() if not p.requires_grad}
+    cfg = TrainConfig(**{**FAST, "epochs": 1})
+    built = prepare_model(tiny_backbone, ila_config, 3, cfg)
+    assert share_frozen_weights(served, built.model) == len(before)
+    assert built.model.patch_embed.proj.weight.data_ptr() == served.patch_embed.proj.weight.data_ptr()
+    fit(built, data, cfg)
+    for name, p in served.named_parameters():
+        if not p.requires_grad:
+            assert torch.equal(p, before[name]), name

@@ -87,7 +87,7 @@ def test_prefix_runs_without_dropout(tiny_backbone, ila_config):
 
 def test_cache_spills_to_disk_within_bounds(tmp_path):
     """Entries beyond the memory budget go to disk, beyond the disk budget are dropped; disk entries reload."""
-    cache = FeatureCache(tmp_path / "cache", max_memory_mb=1 / 1024, max_disk_mb=2 / 1024)  # 1 KiB, 2 KiB
+    cache = FeatureCache(tmp_path / "cache", max_memory_mb=1 / 1024, max_disk_mb=2 / 1024, write_through=False)
     t = torch.arange(256, dtype=torch.float32)  # 512 bytes as fp16
     for i in range(8):
         cache.put(f"{i:02d}" * 32, t + i)
@@ -97,6 +97,15 @@ def test_cache_spills_to_disk_within_bounds(tmp_path):
     assert cache.get("07" * 32) is None
     again = FeatureCache(tmp_path / "cache", max_memory_mb=1, max_disk_mb=1)
     assert again.get("02" * 32) is not None  # persisted across instances
+
+
+def test_write_through_starts_the_next_process_warm(tmp_path):
+    """With write-through, a fresh cache on the same folder (another process) finds every entry."""
+    first = FeatureCache(tmp_path / "c", max_memory_mb=64)
+    first.put("cd" * 32, torch.ones(3))
+    second = FeatureCache(tmp_path / "c", max_memory_mb=64)
+    torch.testing.assert_close(second.get("cd" * 32).float(), torch.ones(3))
+    assert second.stats()["hits"] == 1 and second.stats()["memory_bytes"] == 6
 
 
 def test_damaged_disk_entry_is_a_miss(tmp_path):

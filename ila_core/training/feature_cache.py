@@ -1,7 +1,7 @@
 """Frozen-prefix feature cache: run the frozen blocks before the first trainable module once per input view.
 
 With a frozen backbone, every block before the first trainable module computes the same tokens for the same
-input every epoch. Those tokens are computed once, stored in fp16 (in memory, spilling to a bounded folder
+input every epoch. Those tokens are computed once, stored in fp16 (in memory and in a bounded folder
 under ``<data_dir>/cache/``), and training runs only the rest of the network (:class:`SuffixModel`).
 
 What counts as "frozen prefix" (:func:`plan_prefix`), thought through for ILA:
@@ -150,16 +150,27 @@ class SuffixModel(nn.Module):
 
 
 class FeatureCache:
-    """fp16 tensors by key: in memory up to a budget, then spilled to a bounded folder, then not kept.
+    """fp16 tensors by key, in memory up to a budget and on disk in a bounded folder.
 
-    Safe to share between threads. Disk entries are safetensors files written atomically, so a killed run
+    With ``write_through`` (the default when a folder is given) every entry also goes to disk, so a later
+    process (a CLI run, a worker child, the app after a restart) starts warm; otherwise the disk only takes
+    what memory cannot hold. Entries that fit nowhere are dropped (and recomputed when needed). Safe to share
+    between threads and processes: disk entries are safetensors files written atomically, so a killed run
     never leaves a half entry; unreadable entries count as misses and are deleted.
     """
 
-    def __init__(self, directory: Path | None = None, *, max_memory_mb: float = 512, max_disk_mb: float = 2048) -> None:
+    def __init__(
+        self,
+        directory: Path | None = None,
+        *,
+        max_memory_mb: float = 512,
+        max_disk_mb: float = 2048,
+        write_through: bool = True,
+    ) -> None:
         self.directory = Path(directory) if directory is not None else None
         self.max_memory = int(max_memory_mb * 2**20)
         self.max_disk = int(max_disk_mb * 2**20) if self.directory is not None else 0
+        self.write_through = write_through
         self._mem: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
         self.memory_bytes = 0
@@ -174,15 +185,27 @@ class FeatureCache:
         return self.directory / key[:2] / f"{key}.safetensors"
 
     def _trim_disk(self) -> None:
-        files = sorted(self.directory.glob("*/*.safetensors"), key=lambda p: p.stat().st_mtime)
+        """Delete leftover temp files and the oldest entries beyond the disk budget."""
         for tmp in self.directory.glob("*/*.tmp"):
-            tmp.unlink(missing_ok=True)  # left by a killed spill
+            tmp.unlink(missing_ok=True)  # left by a killed write
+        files = sorted(self.directory.glob("*/*.safetensors"), key=lambda p: p.stat().st_mtime)
         total = sum(p.stat().st_size for p in files)
         while files and total > self.max_disk:
             victim = files.pop(0)
             total -= victim.stat().st_size
             victim.unlink(missing_ok=True)
         self.disk_bytes = total
+
+    def _remember(self, key: str, t: torch.Tensor) -> bool:
+        """Keep ``t`` in memory if it fits (call with the lock held)."""
+        if key in self._mem:
+            return True
+        size = t.numel() * t.element_size()
+        if self.memory_bytes + size > self.max_memory:
+            return False
+        self._mem[key] = t
+        self.memory_bytes += size
+        return True
 
     def get(self, key: str) -> torch.Tensor | None:
         """The stored tensor (fp16, CPU) or None."""
@@ -198,32 +221,31 @@ class FeatureCache:
 
                 try:
                     t = load_file(str(path))["t"]
-                    with self._lock:
-                        self.hits += 1
-                    return t
                 except Exception:  # a damaged entry is a miss, never an error
                     path.unlink(missing_ok=True)
+                else:
+                    with self._lock:
+                        self.hits += 1
+                        self._remember(key, t)
+                    return t
         with self._lock:
             self.misses += 1
         return None
 
     def put(self, key: str, tensor: torch.Tensor) -> None:
-        """Store ``tensor`` as fp16 on the CPU (memory first, then disk, else drop)."""
+        """Store ``tensor`` as fp16 on the CPU: memory if it fits, disk if write-through or memory is full."""
         t = tensor.detach().to("cpu", torch.float16).contiguous()
         size = t.numel() * t.element_size()
+        on_disk = self.directory is not None and self._file(key).is_file()
         with self._lock:
-            if key in self._mem:
-                return
-            if self.memory_bytes + size <= self.max_memory:
-                self._mem[key] = t
-                self.memory_bytes += size
-                return
-            spill = self.directory is not None and self.disk_bytes + size <= self.max_disk
-            if spill:
+            in_memory = self._remember(key, t)
+            to_disk = (self.directory is not None and not on_disk and (self.write_through or not in_memory)
+                       and self.disk_bytes + size <= self.max_disk)  # fmt: skip
+            if to_disk:
                 self.disk_bytes += size
-            else:
+            elif not (in_memory or on_disk):
                 self.dropped += 1
-        if spill:
+        if to_disk:
             self._write(key, t)
 
     def _write(self, key: str, t: torch.Tensor) -> None:

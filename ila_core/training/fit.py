@@ -271,12 +271,13 @@ def fit(
 
     metrics = None
     if not stopped and len(eval_ds) > 0:
-        progress({"phase": "eval", "epoch": epochs_done, "step": global_step, "total_steps": global_step})
         eval_loader = _loader(eval_ds, config.eval_batch_size, sampler=eval_sampler, drop_last=False, workers=workers,
                               generator=None, pin=pin)  # fmt: skip
         reduce = _all_reduce_counts if dist is not None else None
+        n_batches = len(eval_loader)
         metrics = evaluate(net, eval_loader, device=device, class_names=data.class_names, amp=use_amp,
-                           should_stop=stop, reduce=reduce)  # fmt: skip
+                           should_stop=stop, reduce=reduce,
+                           on_batch=lambda i: progress({"phase": "eval", "step": i, "total_steps": n_batches}))  # fmt: skip
         if stop():
             stopped, metrics = True, None
     model.eval()

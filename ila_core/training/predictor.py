@@ -9,6 +9,15 @@ version (CON-06, CON-07). The previous version is kept for an instant in-memory 
 At start-up (:meth:`Predictor.from_store`) a corrupt active checkpoint does not take serving down: the error
 is logged and the newest previously active version that validates is served instead (FLT-13);
 :attr:`Predictor.problem` says what happened, for the UI.
+
+Wiring in the app (the worker trains in a thread and shares the served model's frozen backbone tensors)::
+
+    with LabelStore.open(store_path) as store:
+        predictor = Predictor.from_store(data_dir, store)
+    worker = Worker(data_dir, share_from=predictor.backbone_source,
+                    on_promoted=lambda _version: predictor.follow(store_path))
+    worker.start()
+    answers = predictor.predict([pil_image], k=5)  # [[("Amber-01", 0.82), ...]]
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from PIL import Image
 from ..adapters import LinearProbeConfig
 from ..backbone import BuiltModel
 from ..checkpoint import CheckpointError, build_reproducible, load_built
+from ..config import BackboneConfig
 from ..store import LabelStore
 from .fit import share_frozen_weights
 from .transforms import eval_transform, preprocess_for
@@ -152,6 +162,18 @@ class Predictor:
             _logger.error("%s", self.problem)
             return False
         return True
+
+    def follow(self, store_path: Path) -> bool:
+        """:meth:`sync` through a connection of its own (e.g. as the worker's ``on_promoted`` callback)."""
+        with LabelStore.open(store_path, quick_check=False) as store:
+            return self.sync(store)
+
+    def backbone_source(self, backbone: BackboneConfig) -> torch.nn.Module | None:
+        """The served model if it runs ``backbone`` (a thread worker may share its frozen tensors), else None."""
+        served = self._current
+        if served is None or served.built.backbone != backbone:
+            return None
+        return served.built.model
 
     @classmethod
     def from_store(cls, data_dir: Path, store: LabelStore, **kwargs: Any) -> Predictor:
