@@ -329,3 +329,55 @@ def test_review_queue_puts_the_smallest_margin_first(app):
     items = review_queue(app[2], sort="margin", cultivar=None, split=None, version="serving")
     margins = [i["margin"] for i in items]
     assert margins and margins == sorted(margins)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "history", "labelstudio", "imagefolder"])
+def test_export_lands_in_the_upload_cache_as_one_download(app, fmt):
+    """Each export is one non-empty file inside Gradio's cache folder (never the data folders)."""
+    from ila_core.ui.data import run_export
+
+    studio = app[2]
+    path = run_export(studio, fmt)
+    assert path.is_file() and path.stat().st_size > 0 and studio.temp_dir in path.parents
+
+
+def test_counts_table_adds_up_per_cultivar(app):
+    """Counts per cultivar and split sum to the labelled total shown beside them."""
+    from ila_core.ui.data import counts_table
+
+    rows, line = counts_table(app[2])
+    with app[2].store() as store:
+        labelled = store.count_images(labelled=True)
+    assert sum(r[4] for r in rows) == labelled and f"{labelled} with a cultivar label" in line
+
+
+def test_server_folder_import_reports_every_file(app, tmp_path):
+    """The Data tab's server-path import (as the local admin) reports one line per file, bad files included."""
+    _, url, studio = app
+    folder = tmp_path / "incoming" / "train" / "Amber-01"
+    folder.mkdir(parents=True)
+    for n, (_, image) in enumerate(generate(SyntheticConfig(num_cultivars=3, image_size=96), 2, start_index=800)):
+        image.save(folder / f"a{n}.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    args = [str(tmp_path / "incoming"), "Detect automatically", "Keep the layout's split"]
+    with httpx.Client() as http:
+        msg = raw_queue_call(url, fn_index(url, "ui_import_path", http), args, http)
+    report, summary = msg["output"]["data"]
+    statuses = sorted(row[1] for row in report["data"])
+    assert msg["success"] and statuses == ["imported"] * 6 + ["rejected"] and "6 imported" in summary
+
+
+def test_version_comparison_lists_metrics_and_flipped_images(client, app):
+    """Comparing two versions gives the metric table and stores both versions' holdout predictions."""
+    from ila_core.ui.compare import diff_versions
+
+    studio = app[2]
+    if len(client.predict(api_name="/versions")) < 2:
+        wait_for_job(studio, client.predict(api_name="/train")["job_id"])
+    newest = client.predict(api_name="/versions")[0]["id"]
+    diff = diff_versions(studio, newest)
+    with studio.store() as store:
+        holdout = store.images(split="holdout")
+        stored = [store.latest_prediction(r["id"], diff.baseline["id"]) for r in holdout]
+    assert [row[0] for row in diff.metrics][0] == "Top-1 accuracy" and diff.compared == len(holdout)
+    assert all(p is not None for p in stored) and all(f["before"] != f["after"] for f in diff.flipped)
