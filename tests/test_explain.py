@@ -241,9 +241,10 @@ def test_overlay_alpha_zero_is_the_photo():
         overlay(photo, np.ones((32, 32)), alpha=1.5)
 
 
-def _leaf_photo() -> Image.Image:
+def _leaf_photo(background: tuple[int, int, int] = (235, 235, 235)) -> Image.Image:
+    """A green leaf ellipse centred at (row 50, col 40) on a noisy background (light paper by default)."""
     rng = np.random.default_rng(0)
-    arr = np.full((100, 100, 3), 235, dtype=np.int16) + rng.integers(-8, 9, (100, 100, 3))  # light paper
+    arr = np.array(background, dtype=np.int16) + rng.integers(-8, 9, (100, 100, 3))
     yy, xx = np.mgrid[:100, :100]
     leaf = ((yy - 50) / 35.0) ** 2 + ((xx - 40) / 20.0) ** 2 <= 1.0
     arr[leaf] = (60, 140, 50)
@@ -383,3 +384,13 @@ def test_average_pooled_model_probes_the_last_output_and_reads_all_patches():
     assert list(model.blocks) == blocks
     res = attention_rollout(model, torch.randn(2, 3, SIZE, SIZE))
     assert res.stage_sides == [6, 4, 2] and res.combined.shape == (2, SIZE, SIZE)
+
+
+def test_leaf_mask_ignores_brown_soil_and_distrusts_a_green_frame():
+    """Brown soil is background; a mask that would cover the border (green backdrop) becomes the whole frame."""
+    mask = leaf_mask(_leaf_photo(background=(150, 90, 50)))
+    assert mask[50, 40] and not mask[5, 95]
+    assert 0.15 < mask.mean() < 0.3
+    backdrop = np.full((100, 100, 3), (90, 220, 60), dtype=np.uint8)
+    backdrop[30:70, 30:70] = (120, 120, 120)  # a grey object on bright green
+    assert leaf_mask(Image.fromarray(backdrop)).all()

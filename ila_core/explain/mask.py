@@ -1,13 +1,15 @@
 """A rough leaf foreground mask, and how much of an explanation falls outside it (background shortcuts).
 
-The mask is deliberately simple and needs no model: leaves (green, yellow or brown) are *coloured*,
-while typical backgrounds (paper, a light box, a dark cloth, grey concrete) are not. The score per pixel
-is the chroma ``max(R, G, B) - min(R, G, B)`` -- unlike HSV saturation it stays low for dark, noisy
-pixels -- lightly blurred, and split in two with Otsu's threshold (the cut that maximises the
-between-class variance of the 256-bin histogram). The coloured side is the leaf, then a 3 x 3 opening
-removes specks. When the two sides barely differ (mean chroma gap below ``min_gap``) or one side is
-almost empty, the image cannot be split this way and the whole frame counts as leaf, so no warning is
-raised on a guess. It fails on coloured backgrounds (grass, a green tray); treat it as a hint.
+The mask is deliberately simple and needs no model. The score per pixel is the excess green
+``2G - R - B`` clipped at 0 (on 0-255 RGB): green and yellow-green leaves score high, while grey, white,
+black and the warm browns and pinks of soil, wood or skin score zero. (Plain chroma/saturation was tried
+first and takes brown soil for the leaf.) The score is lightly blurred and split in two with Otsu's
+threshold (the cut that maximises the between-class variance of the 256-bin histogram); the high side is
+the leaf, then a 3 x 3 opening drops specks and a closing fills pin-holes. When the two sides barely
+differ (mean score gap below ``min_gap``), one side is almost empty, or the "leaf" covers most of the
+image border (a leaf photo is framed by background, so this means the background is the green part), the
+image cannot be split this way and the whole frame counts as leaf, so no warning is raised on a guess. It fails on green backgrounds
+(grass, a green tray) and on brown, senescent leaves; treat it as a hint.
 """
 
 from __future__ import annotations
@@ -46,26 +48,31 @@ def leaf_mask(image: Image.Image, *, min_gap: float = 20.0, min_fraction: float 
 
     Args:
         image: the photo, any mode.
-        min_gap: minimum difference of mean chroma (0-255) between leaf and background to trust the split.
+        min_gap: minimum difference of mean score (0-255) between leaf and background to trust the split.
         min_fraction: each side must cover at least this share of the frame.
     """
     rgb = image.convert("RGB")
     work = rgb.copy()
     work.thumbnail((_WORK_SIDE, _WORK_SIDE), Image.Resampling.BILINEAR)
     arr = np.asarray(work, dtype=np.int16)
-    chroma = (arr.max(axis=2) - arr.min(axis=2)).astype(np.uint8)  # (h, w)
-    chroma = np.asarray(Image.fromarray(chroma).filter(ImageFilter.BoxBlur(1)))
-    t = otsu_threshold(chroma)
-    fg = chroma > t
+    excess_green = np.clip(2 * arr[..., 1] - arr[..., 0] - arr[..., 2], 0, 255).astype(np.uint8)  # (h, w)
+    score = np.asarray(Image.fromarray(excess_green).filter(ImageFilter.BoxBlur(1)))
+    t = otsu_threshold(score)
+    fg = score > t
     fraction = float(fg.mean())
-    gap = float(chroma[fg].mean() - chroma[~fg].mean()) if 0.0 < fraction < 1.0 else 0.0
-    if gap < min_gap or not min_fraction <= fraction <= 1.0 - min_fraction:
+    gap = float(score[fg].mean() - score[~fg].mean()) if 0.0 < fraction < 1.0 else 0.0
+    border = np.concatenate([fg[0], fg[-1], fg[:, 0], fg[:, -1]]).mean()
+    if gap < min_gap or not min_fraction <= fraction <= 1.0 - min_fraction or border > 0.5:
         _logger.debug(
-            "no clear leaf/background split (gap %.1f, leaf share %.3f); using the whole frame", gap, fraction
+            "no clear leaf/background split (gap %.1f, leaf share %.3f, border %.2f); using the whole frame",
+            gap,
+            fraction,
+            border,
         )
         return np.ones((rgb.height, rgb.width), dtype=bool)
     m = Image.fromarray(fg.astype(np.uint8) * 255)
     m = m.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))  # opening: drop isolated specks
+    m = m.filter(ImageFilter.MaxFilter(3)).filter(ImageFilter.MinFilter(3))  # closing: fill pin-holes
     m = m.resize(rgb.size, Image.Resampling.NEAREST)
     return np.asarray(m) > 127
 
