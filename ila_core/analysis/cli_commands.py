@@ -42,6 +42,7 @@ def add_cka_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="images per CKA minibatch (>= 4)")
     p.add_argument("--max-images", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     p.add_argument("--out-dir", type=Path, default=None, help="default: <data-dir>/analysis")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_cka)
@@ -142,9 +143,9 @@ def run_cka(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     paths = collect_image_paths(args.data_dir, args.images)[: max(args.max_images, 0)]
     plain, ila, info = _models(args)
-    batches = _load_batches(paths, plain, int(info["image_size"]), args.batch_size)
-    plain_cka = cka_matrix(plain, batches)
-    ila_cka = cka_matrix(ila, batches)
+    batches = [b.to(args.device) for b in _load_batches(paths, plain, int(info["image_size"]), args.batch_size)]
+    plain_cka = cka_matrix(plain.to(args.device), batches)
+    ila_cka = cka_matrix(ila.to(args.device), batches)
 
     out_dir = args.out_dir or args.data_dir / "analysis"
     out_dir.mkdir(parents=True, exist_ok=True)
