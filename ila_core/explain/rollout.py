@@ -10,12 +10,18 @@ token count, found from the recorded maps, not from the config), giving one CLS-
 Each stage map is carried back to the first patch grid through the adapters' receptive fields
 (:mod:`ila_core.explain.space`) and upsampled to the input size.
 
-Combined map (``combine=``): by default ``"chain"``, the end-to-end rollout through *all* stages, chaining
-each stage's rollout with a row-stochastic "bridge" from coarse to fine tokens (CLS -> CLS, each coarse
-patch token -> its k x k input cells, evenly). This models the adapter by its near-all-ones shortcut and
-ignores its small bottleneck branch; rows still sum to one. ``"last"`` returns the last stage's map
-(closest to the head, coarsest; on our synthetic check the most often on target) and ``"mean"`` the
-mean of the stage maps.
+Combined map (``combine=``), by default ``"last"``: the last stage's map, i.e. the rollout over the
+blocks after the last down-sampling ILA -- closest to the head, at the coarsest grid. ``"chain"`` is the
+end-to-end rollout through *all* stages, chaining each stage's rollout with a row-stochastic "bridge"
+from coarse to fine tokens (CLS -> CLS, each coarse patch token -> its k x k input cells, evenly); it
+models the adapter by its near-all-ones shortcut, ignores its small bottleneck branch, and its rows still
+sum to one. ``"mean"`` averages the stage maps. Why "last": with the default DINOv2 ViT-S/14 weights the
+first stage's rollout is dominated by a few high-norm background tokens (the artefact described in
+"Vision Transformers Need Registers", Darcet et al., 2024), which "chain" and "mean" inherit. Measured on
+16 synthetic leaves (leaf = 28 % of the frame; DINOv2 weights, untrained DS-ILAs after blocks 3 and 7),
+the share of map mass outside the leaf mask was 0.42 for "last", 0.47 "mean", 0.51 "chain", 0.51 for a
+plain ViT's rollout and 0.72 for a flat map. On the synthetic check in ``tests/test_explain.py`` both
+"last" and "chain" find the object.
 
 Read-out: the CLS row when the head pools the CLS token (timm ``global_pool="token"``), else the mean of
 the patch rows (average pooling reads all patch tokens).
@@ -58,7 +64,7 @@ class RolloutResult:
     """Per-stage and combined rollout maps for a batch, all in image space and scaled to [0, 1]."""
 
     stage_maps: list[torch.Tensor]  # one (B, H, W) per stage
-    combined: torch.Tensor  # (B, H, W), end-to-end rollout through the bridges
+    combined: torch.Tensor  # (B, H, W), as chosen by ``combine`` (default: the last stage)
     stages: list[RolloutStage]
     stage_sides: list[int]  # patch-grid side of each stage
     chain: torch.Tensor  # (B, N_last, N_first) end-to-end rollout through the bridges, row-stochastic
@@ -128,7 +134,7 @@ def attention_rollout(
     *,
     head_fusion: HeadFusion = "mean",
     residual: float = 0.5,
-    combine: Combine = "chain",
+    combine: Combine = "last",
 ) -> RolloutResult:
     """Run ``model`` on ``x`` and roll its attention out per stage and end to end.
 
@@ -140,7 +146,7 @@ def attention_rollout(
         x: (B, 3, H, W) preprocessed images.
         head_fusion: how heads are merged ("mean" or "max").
         residual: identity weight for the skip connection (0.5 as in Abnar & Zuidema).
-        combine: what ``combined`` holds: "chain" (end to end), "last" (last stage) or "mean" (of stages).
+        combine: what ``combined`` holds: "last" (last stage), "chain" (end to end) or "mean" (of stages).
 
     Returns:
         Maps of shape (B, H, W) in [0, 1], plus the raw stage rollouts and the logits.
