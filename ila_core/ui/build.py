@@ -69,7 +69,7 @@ def build_app(config: AppConfig, *, studio: Studio | None = None, options: Studi
 
         @guarded
         def status(request: gr.Request) -> str:
-            studio.models.sync()  # follow promotions made by another process (CLI, standalone worker)
+            studio.follow_model()  # follow promotions made by another process (CLI, standalone worker)
             user = getattr(request, "username", None) if studio.users is not None else None
             return header_html(studio, user, studio.is_admin(request))
 

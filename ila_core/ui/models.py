@@ -59,6 +59,7 @@ def promote_version(studio: Studio, request: gr.Request | None, version_id: int)
     user = studio.require_admin(request, "promote model versions")
     with studio.store() as store:
         versions_lib.promote(store, int(version_id), user=user, predictor=studio.models.predictor)
+    studio.follow_model(changed=True)
     return f"Version {version_id} is now active and serving."
 
 
@@ -70,6 +71,7 @@ def rollback_version(studio: Studio, request: gr.Request | None, version_id: int
             target = versions_lib.rollback(store, version_id, user=user, predictor=studio.models.predictor)
         except ValueError as exc:
             raise UserFacing(str(exc).capitalize() + ".") from None
+    studio.follow_model(changed=True)
     return f"Rolled back: version {target} is active and serving again."
 
 

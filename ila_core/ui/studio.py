@@ -35,6 +35,7 @@ _logger = logging.getLogger(__name__)
 DB_NAME = "ila.db"
 GRADIO_TMP = "gradio-tmp"  # Gradio's upload/cache folder inside the data dir (GRADIO_TEMP_DIR)
 LOCAL_USER = "local"  # who acts when the app runs without login (loopback only)
+_SCORE_IN_BACKGROUND = 1000  # newest images scored after each model switch
 _SMALL_MODEL_LOCATIONS = {"test_vit": (1, 3)}  # 6-block test model; 12-block ViTs use the method default (3, 7)
 _SERVED_DIRS = ("images", "adapters", "weights", "cache", "exports")  # never served over HTTP
 
@@ -69,6 +70,7 @@ class Studio:
         self._status = StartupStatus("ready")
         self._lock = threading.Lock()
         self._seeder: threading.Thread | None = None
+        self._scorer: threading.Thread | None = None
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -81,7 +83,7 @@ class Studio:
         studio.temp_dir.mkdir(exist_ok=True)
         with LabelStore.open(studio.db_path) as store:  # full quick_check once at start; migrations applied
             fresh = store.count_images() == 0 and not store.jobs(limit=1)
-        studio.models.sync()
+        studio.follow_model()
         if studio.options.start_worker:
             studio._start_worker()
         if fresh and studio.options.seed_demo:
@@ -95,8 +97,9 @@ class Studio:
         if self._closed:
             return
         self._closed = True
-        if self._seeder is not None:
-            self._seeder.join(timeout=60)
+        for thread in (self._seeder, self._scorer):
+            if thread is not None:
+                thread.join(timeout=60)
         if self.worker is not None:
             self.worker.stop(timeout=30)
 
@@ -114,7 +117,7 @@ class Studio:
             store_path=self.db_path,
             mode="thread",
             share_from=self.models.share_from,
-            on_promoted=lambda _version_id: self.models.sync(),
+            on_promoted=lambda _version_id: self.follow_model(),
         )
         self.worker.start()
 
@@ -146,6 +149,34 @@ class Studio:
 
     def _seed_progress(self, done: int, total: int) -> None:
         self._status = StartupStatus("seeding", done, total, "Importing the synthetic demo cultivars")
+
+    def follow_model(self, *, changed: bool = False) -> bool:
+        """Serve the store's active version; after a switch, score the newest images in the background.
+
+        Args:
+            changed: the caller already swapped the served model (promote/rollback through the predictor).
+
+        Returns:
+            True if the served version changed.
+        """
+        changed = self.models.sync() or changed
+        if changed and not self._closed:
+            with self._lock:
+                if self._scorer is None or not self._scorer.is_alive():
+                    self._scorer = threading.Thread(target=self._score_newest, name="ila-score", daemon=True)
+                    self._scorer.start()
+        return changed
+
+    def _score_newest(self) -> None:
+        """Predictions of the served version for the newest images, so the Review queue opens fast."""
+        from .scoring import predictions_for
+
+        try:
+            with self.store() as store:
+                rows = store.images()[-_SCORE_IN_BACKGROUND:]
+                predictions_for(store, self.models, rows)
+        except Exception:  # scoring is a convenience; Review computes what is missing on demand
+            _logger.exception("background scoring failed")
 
     @property
     def status(self) -> StartupStatus:

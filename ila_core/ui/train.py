@@ -113,7 +113,9 @@ def build_train_tab(studio: Studio, demo: gr.Blocks) -> gr.Timer:
         admin = studio.is_admin(request)
         signature = {"job": job and job["id"], "rows": len(rows), "status": job and job["status"]}
         changed = signature != state
-        plot = training_curves_figure(_curve_rows(rows)) if changed and job else gr.skip()
+        plot = gr.skip()
+        if changed:  # redraw only when a metric row or the status changed; nothing to draw before the first epoch
+            plot = training_curves_figure(_curve_rows(rows)) if rows else None
         return [job_card_html(job), gr.Button(interactive=admin and not live),
                 gr.Button(interactive=admin and live), plot,
                 history_rows(jobs) if changed else gr.skip(), signature]  # fmt: skip
