@@ -7,7 +7,7 @@ Targets: Grad-CAM <= 3x a forward, rollout <= 1.5x.
 Models: the tiny test model (``test_vit`` + DS-ILAs after blocks 1 and 3, 96 px) and the default backbone
 ``vit_small_patch14_dinov2`` with DS-ILAs after blocks 3 and 7 at 224 px, random weights (no download).
 
-Usage: ``python bench/bench_explain.py [--repeats 15] [--out bench/results/explain.json]`` (or\n``python -m bench.bench_explain``); prints the report as JSON.
+Usage: ``python bench/bench_explain.py [--repeats 15] [--threads 1] [--out bench/results/explain.json]`` (or\n``python -m bench.bench_explain``); prints the report as JSON.
 """
 
 from __future__ import annotations
@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS / "explain.json")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is steadier on a busy machine)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     report = {
         "title": "Explanation cost relative to a bare forward (1 image, random weights, median of interleaved runs)",
         "targets": {f"{k}_x": v for k, v in TARGETS.items()},
