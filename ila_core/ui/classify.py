@@ -192,6 +192,7 @@ def build_classify_tab(studio: Studio) -> ClassifyTab:
         state = {"ids": ids, "sel": len(state["ids"])}
         return [_gallery(studio, ids), state, f"Opened {len(rows)} unlabelled image(s) from the store."]
 
+    @guarded
     def on_select(state: dict[str, Any], evt: gr.SelectData) -> dict[str, Any]:
         return {"ids": state["ids"], "sel": int(evt.index)}
 

@@ -151,6 +151,7 @@ def build_review_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
         return [thumbs, [_detail_row(i) for i in items], gr.CheckboxGroup(choices=choices, value=[]),
                 [i["id"] for i in items], note]  # fmt: skip
 
+    @guarded
     def on_pick(ids: list[int], current: list[str], evt: gr.SelectData) -> list[str]:
         chosen = str(ids[int(evt.index)])
         return [c for c in current if c != chosen] if chosen in current else [*current, chosen]
