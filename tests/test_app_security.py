@@ -152,3 +152,31 @@ def test_unexpected_errors_are_not_shown_verbatim():
     """Only the app's own error family keeps its message; anything else becomes a logged reference."""
     assert user_message(KeyError("secret")) is None and user_message(OSError("/srv/x")) is None
     assert user_message(ValueError("label is empty")) == "label is empty"
+
+
+def _app_module():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("ila_app", Path(__file__).resolve().parents[1] / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_app_entry_refuses_a_public_address_without_users(tmp_path, capsys):
+    """``python app.py --host 0.0.0.0`` without --auth exits with code 2 and says why, before serving."""
+    assert _app_module().main(["--host", "0.0.0.0", "--data-dir", str(tmp_path)]) == 2
+    assert "--auth" in capsys.readouterr().err and not (tmp_path / "ila.db").exists()
+
+
+def test_app_entry_defaults_are_loopback_and_the_shipped_backbone():
+    """The flags default to 127.0.0.1:7860, ./data and the in-app worker."""
+    args = _app_module().build_parser().parse_args([])
+    assert (args.host, args.port, str(args.data_dir), args.no_worker, args.weights) == (
+        "127.0.0.1",
+        7860,
+        "data",
+        False,
+        "default",
+    )
