@@ -109,6 +109,18 @@ def test_optimizer_gets_only_trainable_parameters(tiny_vit):
     assert opt.defaults["nesterov"]
 
 
+def test_adapter_lr_scale_applies_to_all_but_the_head(tiny_vit):
+    """The head trains at lr, every other trainable tensor at lr x adapter_lr_scale."""
+    from ila_core.training.schedule import set_lr
+
+    opt = build_optimizer(tiny_vit, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.0, adapter_lr_scale=0.25)
+    set_lr(opt, 0.2)
+    head = {id(p) for p in tiny_vit.head.parameters()}
+    for group in opt.param_groups:
+        expected = 0.2 if all(id(p) in head for p in group["params"]) else 0.05
+        assert group["lr"] == pytest.approx(expected)
+
+
 def test_snapshot_excludes_later_corrections(tmp_path):
     """Labels recorded after the snapshot event are not in the training set (CON-09)."""
     store_path = write_toy_store(tmp_path, num_classes=2, train_per_class=2, holdout_per_class=1)
@@ -207,3 +219,17 @@ def test_shared_backbone_tensors_are_not_copied_or_changed(toy, tiny_backbone, i
     for name, p in served.named_parameters():
         if not p.requires_grad:
             assert torch.equal(p, before[name]), name
+
+
+def test_zero_init_adapter_output_starts_adapters_as_their_shortcut(tiny_backbone, ila_config):
+    """With zeroed output projections the adapter branch adds nothing, so train mode is deterministic."""
+    from ila_core.training.fit import zero_adapter_outputs
+
+    cfg = TrainConfig(**{**FAST, "zero_init_adapter_output": True})
+    model = prepare_model(tiny_backbone, ila_config, 3, cfg).model.train()
+    assert float(model.blocks[1].adapter.up.weight.abs().sum()) == 0.0
+    x = torch.randn(4, 3, 96, 96)
+    torch.testing.assert_close(model(x), model(x))  # adapter dropout multiplies zeros
+    noisy = prepare_model(tiny_backbone, ila_config, 3, TrainConfig(**FAST)).model.train()
+    assert not torch.allclose(noisy(x), noisy(x))
+    assert zero_adapter_outputs(noisy) == 2

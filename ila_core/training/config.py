@@ -5,11 +5,18 @@
 iterations from 1e-6, gradient-norm clip 1.0, fp16 autocast (on CUDA only: fp16/bf16 on CPU is slower than
 fp32), weak augmentation, backbone dropout 0.1 in train mode.
 
-``quick`` is for the demo-sized sets the app starts with (e.g. 8 cultivars x 20 images) on 2 CPU cores: a
-few epochs under a time budget, a short warm-up, a larger batch, and the frozen-prefix feature cache on.
-The cache needs a fully frozen prefix, so ``quick`` also freezes the CLS token (``freeze_cls_token``):
-the paper trains it, but with it trainable only the patch embedding could be cached (see
-:mod:`ila_core.training.feature_cache`).
+``quick`` is for the demo-sized sets the app starts with (e.g. 8 cultivars x 16-20 images) on 2 CPU cores: about
+100 SGD steps (batch 8, 8 epochs, 5 warm-up steps) under a 4-minute budget, with the frozen-prefix feature cache
+on. It departs from the paper in three documented ways, each measured on the synthetic demo set with the
+shipped DINOv2 ViT-S/14 (8 cultivars, 128 train / 48 holdout images, 96 steps):
+
+* ``freeze_cls_token``: the cache needs a fully frozen prefix; with a trainable CLS only the patch embedding
+  could be cached (see :mod:`ila_core.training.feature_cache`).
+* ``zero_init_adapter_output``: each adapter's last projection starts at zero, so the adapters start as their
+  shortcut and the new head first sees clean features. With the paper's Xavier init the random adapter branch
+  (plus its dropout and batch-statistics BN) made the features too noisy to fit in 100 steps: holdout top-1
+  21-23 % (chance 12.5 %) versus 73 % with zero init (a ridge probe on the frozen features gets 77 %).
+* ``drop_rate=0``: the cached prefix runs without backbone dropout; the rest follows suit.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ class TrainConfig:
     epochs: int = 50
     batch_size: int = 8
     lr: float = 0.1
+    adapter_lr_scale: float = 1.0  # lr multiplier for everything trainable except the head
     momentum: float = 0.9
     nesterov: bool = True  # timm's "sgd" is SGD with Nesterov momentum
     weight_decay: float = 0.0
@@ -44,6 +52,7 @@ class TrainConfig:
     minutes: float | None = None  # wall-clock budget for the epochs; None = no budget
     use_feature_cache: bool = False
     freeze_cls_token: bool = False  # quick preset: lets the blocks before the first adapter be cached
+    zero_init_adapter_output: bool = False  # quick preset: adapters start as their shortcut (see below)
     num_workers: int = 0  # DataLoader workers (0 = main thread; cached features always use 0)
     device: str = "auto"  # "auto" = cuda if available, else cpu
     eval_batch_size: int = 32
@@ -60,6 +69,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.adapter_lr_scale <= 10.0:
+            raise ValueError(f"adapter_lr_scale must be in [0, 10], got {self.adapter_lr_scale}")
         if not 0.0 <= self.momentum < 1.0 or self.weight_decay < 0:
             raise ValueError("momentum must be in [0, 1) and weight_decay >= 0")
         if self.nesterov and self.momentum == 0:
@@ -94,16 +105,17 @@ class TrainConfig:
 PRESETS: dict[str, TrainConfig] = {
     "paper": TrainConfig(),
     "quick": TrainConfig(
-        epochs=15,
-        batch_size=16,
+        epochs=8,
+        batch_size=8,
         lr=0.05,
-        warmup_steps=20,
+        warmup_steps=5,
         warmup_lr=1e-4,
         min_lr=1e-4,
         minutes=4.0,
-        drop_rate=0.0,  # the cached prefix runs without dropout; keep the rest consistent with it
+        drop_rate=0.0,
         use_feature_cache=True,
         freeze_cls_token=True,
+        zero_init_adapter_output=True,
     ),
 }
 

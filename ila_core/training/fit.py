@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..adapters import MethodConfig
+from ..adapters import ADAPTER_TYPES, MethodConfig
 from ..backbone import BuiltModel
 from ..checkpoint import backbone_fingerprint, build_reproducible, reinit_trainable
 from ..config import BackboneConfig
@@ -33,7 +33,8 @@ from .metrics import EvalMetrics
 from .schedule import CosineWarmup
 from .transforms import eval_transform, preprocess_for, train_transform
 
-__all__ = ["FitResult", "DistContext", "EpochShuffle", "seed_everything", "prepare_model", "share_frozen_weights", "fit"]
+__all__ = ["FitResult", "DistContext", "EpochShuffle", "seed_everything", "prepare_model", "share_frozen_weights",
+           "zero_adapter_outputs", "fit"]
 
 _logger = logging.getLogger(__name__)
 
@@ -114,9 +115,27 @@ def prepare_model(
     built = build_reproducible(backbone, method, num_classes, data_dir=data_dir, drop_rate=config.drop_rate)
     seed_everything(config.seed)
     reinit_trainable(built.model)
+    if config.zero_init_adapter_output:
+        zero_adapter_outputs(built.model)
     if share_from is not None:
         share_frozen_weights(share_from, built.model)
     return built
+
+
+@torch.no_grad()
+def zero_adapter_outputs(model: nn.Module) -> int:
+    """Zero the last projection (``up``) of every adapter, so each starts as exactly its shortcut.
+
+    Returns:
+        How many projections were zeroed.
+    """
+    count = 0
+    for module in model.modules():
+        if isinstance(module, ADAPTER_TYPES) and isinstance(getattr(module, "up", None), nn.Linear):
+            nn.init.zeros_(module.up.weight)
+            nn.init.zeros_(module.up.bias)
+            count += 1
+    return count
 
 
 @torch.no_grad()
@@ -222,7 +241,7 @@ def fit(
     schedule = CosineWarmup(config.lr, config.epochs * steps_per_epoch, config.warmup_steps, config.warmup_lr,
                             config.min_lr)  # fmt: skip
     optimizer = build_optimizer(net, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-                                weight_decay=config.weight_decay)  # fmt: skip
+                                weight_decay=config.weight_decay, adapter_lr_scale=config.adapter_lr_scale)  # fmt: skip
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
 

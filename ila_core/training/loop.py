@@ -48,15 +48,27 @@ def autocast(device: torch.device | str, enabled: bool) -> contextlib.AbstractCo
 
 
 def build_optimizer(
-    net: nn.Module, *, lr: float, momentum: float, nesterov: bool, weight_decay: float
+    net: nn.Module, *, lr: float, momentum: float, nesterov: bool, weight_decay: float, adapter_lr_scale: float = 1.0
 ) -> torch.optim.SGD:
-    """SGD over the trainable parameters only; weight decay only on matrices and kernels (nanoGPT's split)."""
+    """SGD over the trainable parameters only; weight decay only on matrices and kernels (nanoGPT's split).
+
+    Args:
+        adapter_lr_scale: rate multiplier for every trainable parameter outside the classifier head
+            (stored as the group's ``lr_scale``, which :func:`~ila_core.training.schedule.set_lr` applies).
+    """
     params = [p for p in net.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    model = net.module if hasattr(net, "module") else net  # DDP
+    model = getattr(model, "model", model)  # SuffixModel
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    head_ids = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
+    groups = []
+    for is_head in (True, False):
+        scale = 1.0 if is_head else adapter_lr_scale
+        chosen = [p for p in params if (id(p) in head_ids) == is_head]
+        groups.append({"params": [p for p in chosen if p.dim() >= 2], "weight_decay": weight_decay, "lr_scale": scale})
+        groups.append({"params": [p for p in chosen if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale})
     return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=momentum, nesterov=nesterov)
 
 

@@ -56,6 +56,6 @@ class CosineWarmup:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every parameter group's rate."""
+    """Set every parameter group's rate: ``lr`` times the group's ``lr_scale`` (default 1)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

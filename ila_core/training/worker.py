@@ -109,7 +109,7 @@ class Worker:
         """Stop after the current batch (the running job ends 'cancelled') and wait for the threads."""
         self._stop.set()
         if self._child_stop is not None:
-            self._child_stop.set()
+            self._child_stop.value = 1  # a lock-free shared flag: a killed child can never leave it locked
         for t in (self._loop_thread, self._job_thread):
             if t is not None:
                 t.join(timeout)
@@ -207,10 +207,10 @@ class Worker:
         if queued is None or queued["status"] != "queued":
             return
         ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or threads (CFG-07)
-        self._child_stop = ctx.Event()
+        self._child_stop = ctx.RawValue("b", 0)
         self._child = ctx.Process(target=worker_main, args=(str(self.data_dir),), name="ila-train",
                                   kwargs={"store_path": str(self.store_path), "once": True,
-                                          "stop_event": self._child_stop, "stale_after_s": self.stale_after_s})  # fmt: skip
+                                          "stop_flag": self._child_stop, "stale_after_s": self.stale_after_s})  # fmt: skip
         self._child.start()
 
 
@@ -221,7 +221,7 @@ def worker_main(
     once: bool = False,
     poll_s: float = 1.0,
     stale_after_s: float = 120.0,
-    stop_event: Any = None,
+    stop_flag: Any = None,
 ) -> int:
     """The standalone worker: ``python -m ila_core worker --data-dir DIR`` (SIGTERM/SIGINT stop it cleanly).
 
@@ -231,7 +231,8 @@ def worker_main(
         once: run at most one job, then return (process-mode children).
         poll_s: idle polling interval.
         stale_after_s: heartbeat age after which other running jobs count as lost.
-        stop_event: an extra event (e.g. a multiprocessing one) that also stops the worker.
+        stop_flag: a shared ``multiprocessing.RawValue`` the parent sets to 1 to stop this worker. (Not an Event:
+            setting a multiprocessing Event blocks forever if a process that waited on it has died.)
 
     Returns:
         0, or 1 if the last job failed.
@@ -242,8 +243,8 @@ def worker_main(
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: worker._stop.set())
-    if stop_event is not None:
-        threading.Thread(target=lambda: (stop_event.wait(), worker._stop.set()), daemon=True).start()
+    if stop_flag is not None:
+        threading.Thread(target=_watch_flag, args=(stop_flag, worker._stop), daemon=True).start()
     if not once:
         worker.startup_sweep()
     while not worker._stop.is_set():
@@ -254,3 +255,11 @@ def worker_main(
             worker._stop.wait(poll_s)
     last = worker.last_outcome
     return 1 if last is not None and last.status == "failed" else 0
+
+
+def _watch_flag(flag: Any, stop: threading.Event, interval_s: float = 0.2) -> None:
+    while not stop.is_set():
+        if flag.value:
+            stop.set()
+            return
+        stop.wait(interval_s)
