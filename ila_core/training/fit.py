@@ -276,14 +276,15 @@ def fit(
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
-        if budget_s is not None and epoch == 0:
-            # Fit the cosine to the epochs the budget allows, so the rate still anneals before time runs out.
-            per_epoch = time.perf_counter() - train_start
+        if budget_s is not None:
+            # Re-plan after every epoch from the last epoch's time (the machine may have got busier), and fit
+            # the cosine to the epochs that still fit, so the rate anneals before time runs out. Never grows.
             left = budget_s - (time.perf_counter() - start)
-            epochs_planned = max(1, min(config.epochs, 1 + int(left // max(per_epoch, 1e-6))))
-            epochs_planned = _all_min(epochs_planned, dist)
-            schedule.total_steps = epochs_planned * steps_per_epoch
-            if epochs_planned < config.epochs:
+            fits = epoch + 1 + int(left // max(stats.seconds, 1e-6))
+            planned = _all_min(max(epoch + 1, min(epochs_planned, fits)), dist)
+            if planned < epochs_planned:
+                epochs_planned = planned
+                schedule.total_steps = epochs_planned * steps_per_epoch
                 _logger.info("time budget %.1f min: training %d of %d epochs", config.minutes, epochs_planned,
                              config.epochs)  # fmt: skip
     epochs_done = len(history)
