@@ -30,6 +30,16 @@ _logger = logging.getLogger(__name__)
 MAX_PICKS = 5
 _EMPTY_HEADER = "Upload leaf images, or open the next unlabelled ones from the store."
 _POOL_PAGE = 24
+MAX_UPLOAD_FILES = 200  # one browser upload; bigger sets go through a .zip or the Data tab's import (IMG-26)
+
+
+def check_upload_count(files: list[str]) -> None:
+    """Refuse an upload of more than MAX_UPLOAD_FILES files with a message that says what to do instead."""
+    if len(files) > MAX_UPLOAD_FILES:
+        raise UserFacing(
+            f"Too many files in one upload: {len(files)} > {MAX_UPLOAD_FILES}. "
+            "Upload them as one .zip, or import the folder from the Data tab. Nothing was stored."
+        )
 
 
 @dataclass
@@ -162,6 +172,7 @@ def build_classify_tab(studio: Studio) -> ClassifyTab:
         user = studio.username(request)
         if not files:
             return [gr.skip(), state, gr.skip(), gr.skip()]
+        check_upload_count(files)
         results = []
         for path in files:
             results.extend(import_path(Path(path), studio.data_dir, fmt="auto", user=user))
