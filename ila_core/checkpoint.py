@@ -20,9 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import struct
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ from torch import nn
 from .adapters import ADAPTER_TYPES, MethodConfig, adapter_state_dict, config_from_dict, config_to_dict
 from .backbone import BuiltModel, build_model, reset_head
 from .config import BackboneConfig
+from .fsutil import atomic_write, fsync_dir
 
 __all__ = [
     "CheckpointError",
@@ -142,29 +141,6 @@ def backbone_fingerprint(model: nn.Module) -> str:
 # -- saving --------------------------------------------------------------------------------------
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, ``os.replace``; the temp file is removed on any failure."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # the app and a separate worker process both read checkpoints
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _backbone_entry(built: BuiltModel, fingerprint: str) -> dict[str, Any]:
     b = built.backbone
     return {
@@ -232,9 +208,9 @@ def save_checkpoint(
     }
     manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, data)
-    _atomic_write(manifest_path_for(path), manifest_bytes)  # last: a manifest always means a complete tensor file
-    _fsync_dir(path.parent)
+    atomic_write(path, data)
+    atomic_write(manifest_path_for(path), manifest_bytes)  # last: a manifest always means a complete tensor file
+    fsync_dir(path.parent)
     _logger.info("published checkpoint %s (sha256 %s)", path, sha[:12])
     return CheckpointInfo(path=path, manifest_path=manifest_path_for(path), sha256=sha, manifest=manifest)
 

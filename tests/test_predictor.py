@@ -19,16 +19,12 @@ from ila_core.training.predictor import NoActiveModel, Predictor
 from ila_core.training.toydata import toy_image
 from ila_core.training.versions import checkpoint_path, promote, publish_version, rollback
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = BackboneConfig(name="test_vit", image_size=96, weights="none")
 CLASSES = ["a", "b", "c"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _publish(store, data_dir, seed: int, *, nan: bool = False, top1: float = 0.5) -> int:

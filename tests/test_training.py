@@ -17,16 +17,11 @@ from ila_core.training.schedule import CosineWarmup
 from ila_core.training.toydata import add_toy_images, write_toy_store
 from ila_core.training.transforms import eval_transform, preprocess_for, train_transform
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FAST = dict(epochs=4, batch_size=8, warmup_steps=2, lr=0.05, minutes=None, use_feature_cache=False, drop_rate=0.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2 shared cores: one intra-op thread is several times faster than two contended ones
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture

@@ -17,13 +17,9 @@ from ila_core.training.fit import fit, prepare_model
 from ila_core.training.toydata import write_toy_store
 from ila_core.training.transforms import eval_transform, preprocess_for
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+
 
 
 def _built(tiny_backbone, method):

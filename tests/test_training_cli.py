@@ -5,21 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from ila_core.cli import main
 from ila_core.training.reproduce import find_dataset, load_ufg
 from ila_core.training.toydata import toy_image, write_toy_store
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = ["--backbone", "test_vit", "--weights", "none", "--image-size", "96", "--ds-locations", "1,3"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _run(capsys, argv: list[str]) -> tuple[int, dict]:

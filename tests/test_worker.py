@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from ila_core.checkpoint import load_model
 from ila_core.config import BackboneConfig
@@ -22,16 +21,12 @@ from ila_core.training.toydata import add_toy_images, write_toy_store
 from ila_core.training.versions import checkpoint_path, promote, rollback, should_promote
 from ila_core.training.worker import Worker, enqueue_training, job_params, run_training
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = BackboneConfig(name="test_vit", image_size=96, weights="none")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture
