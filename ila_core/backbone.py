@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .adapters import MethodConfig, inject
+from .adapters.init import paper_linear_init_
 from .config import BackboneConfig
 
 __all__ = ["BuiltModel", "build_model", "reset_head"]
@@ -34,8 +35,7 @@ def reset_head(model: nn.Module) -> None:
     """Paper init for the new classifier: Xavier-uniform weight, bias ~ N(0, 1e-6)."""
     head = model.get_classifier()
     if isinstance(head, nn.Linear):
-        nn.init.xavier_uniform_(head.weight)
-        nn.init.normal_(head.bias, std=1e-6)
+        paper_linear_init_(head)
 
 
 def _weights_kwargs(backbone: BackboneConfig, data_dir: Path | None) -> tuple[dict, str | None]:

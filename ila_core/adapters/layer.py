@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..tokens import grid_to_tokens, split_prefix, tokens_to_grid
+from .init import paper_linear_init_
 
 __all__ = ["ILAdapter", "TokenBatchNorm"]
 
@@ -91,9 +92,7 @@ class ILAdapter(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """Paper init: Xavier-uniform weights, linear biases ~ N(0, 1e-6), conv biases PyTorch default."""
-        for lin in (self.down, self.up):
-            nn.init.xavier_uniform_(lin.weight)
-            nn.init.normal_(lin.bias, std=1e-6)
+        paper_linear_init_(self.down, self.up)
         for layer in (self.dwconv, self.pwconv, self.prefix_proj):
             layer.reset_parameters()  # default bias init, like a fresh nn.Conv2d
             nn.init.xavier_uniform_(layer.weight)

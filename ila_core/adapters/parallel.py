@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..tokens import grid_to_tokens, split_prefix, tokens_to_grid
+from .init import paper_linear_init_
 
 __all__ = ["BottleneckAdapter", "ConvPassAdapter", "ParallelAdapterBlock"]
 
@@ -31,9 +32,7 @@ class BottleneckAdapter(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """Xavier-uniform weights, biases ~ N(0, 1e-6) (the paper's Linear init)."""
-        for lin in (self.down, self.up):
-            nn.init.xavier_uniform_(lin.weight)
-            nn.init.normal_(lin.bias, std=1e-6)
+        paper_linear_init_(self.down, self.up)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.up(self.act(self.down(x)))) * self.scale
