@@ -31,7 +31,7 @@ from typing import Literal
 
 import torch
 
-from .fsutil import atomic_write
+from .fsutil import atomic_write, sha256_file
 
 __all__ = [
     "WeightsError", "WeightsInfo", "DEFAULT_MODEL_NAME", "DEFAULT_ONNX_SHA256", "DEFAULT_PACKAGE",
@@ -66,15 +66,6 @@ class WeightsInfo:
     def __post_init__(self) -> None:
         if self.source not in ("default", "file", "hub"):
             raise ValueError(f"unknown weights source {self.source!r} (default, file, hub)")
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fix_for(path: Path) -> str:

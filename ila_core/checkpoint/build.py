@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from ..config import BackboneConfig
 from .format import RANDOM_INIT_SEED
 
 _logger = logging.getLogger(__name__)
+_BUILD_LOCK = threading.Lock()
 
 
 # -- building ------------------------------------------------------------------------------------
@@ -34,7 +36,8 @@ def build_reproducible(
     reloaded onto "the same" backbone; pretrained ones are unaffected. Adapters and head are therefore identical
     too; training re-initialises them under its own seed (:func:`reinit_trainable`).
     """
-    with torch.random.fork_rng(devices=[]):
+    # the lock keeps two concurrent builds from interleaving the global RNG they both seed
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
         return build_model(backbone, method, num_classes, data_dir=data_dir, drop_rate=drop_rate)
 

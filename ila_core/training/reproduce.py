@@ -12,7 +12,6 @@ Results go to ``<out>/reproduce_<dataset>_<size>.json`` and ``.md`` next to the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 from ..adapters import method_config
 from ..config import BackboneConfig
+from ..fsutil import sha256_file
 from .config import TrainConfig
 from .dataset import Sample, TrainingSet
 from .fit import fit, prepare_model
@@ -80,14 +80,6 @@ def find_dataset(ufg_root: Path, dataset: str) -> Path:
     raise ValueError(f"no folder for {dataset} under {root} (looked for {', '.join(DATASET_FOLDERS[name])})")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_ufg(folder: Path) -> TrainingSet:
     """Official train and test splits of one UFG dataset folder as a :class:`TrainingSet`.
 
@@ -105,7 +97,7 @@ def load_ufg(folder: Path) -> TrainingSet:
     index = {c: i for i, c in enumerate(class_names)}
 
     def samples(split: str) -> list[Sample]:
-        return [Sample(it.path, index[it.label], _sha256(it.path)) for it in items
+        return [Sample(it.path, index[it.label], sha256_file(it.path)) for it in items
                 if it.split == split and it.label in index]  # fmt: skip
 
     return TrainingSet(class_names, samples("train"), samples("holdout"), None, {"not in layout": bad} if bad else {})

@@ -97,8 +97,7 @@ class ModelRuntime:
         """Follow the store's active version; True if the served model changed.
 
         One sync at a time: the header poll and the worker's promotion callback may both notice a new
-        version, and two concurrent builds of one version would only waste a core (and, for random-init
-        backbones, interleave the global RNG that makes a rebuild reproducible).
+        version, and two concurrent builds of one version would only waste a core.
         """
         with self._sync_lock, LabelStore.open(self.db_path, quick_check=False) as store:
             if self._predictor is None:
