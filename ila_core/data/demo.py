@@ -59,7 +59,7 @@ def seed_demo_set(
                 shutil.move(str(tree / name), str(work / name))
         results = list(import_path(tree, data_dir, fmt="imagefolder", user="demo", on_progress=on_progress))
         for file in pool:  # single images import unlabelled
-            results.extend(import_path(work / "pool" / file.name, data_dir, fmt="auto", user="demo"))
+            results.extend(import_path(work / "pool" / file.name, data_dir, fmt="auto", user="demo", quick_check=False))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     summary = summarise(results)

@@ -83,6 +83,7 @@ def import_path(
     split: str | None = None,
     limits: ImageLimits = ImageLimits(),
     zip_limits: ZipLimits = ZipLimits(),
+    quick_check: bool = True,
 ) -> Iterator[ImportResult]:
     """Import a folder, CSV, zip or single image into ``data_dir``, one result per file.
 
@@ -97,6 +98,8 @@ def import_path(
         split: 'train' or 'holdout' for every new image, overriding the layout; None keeps the layout's.
         limits: image caps (bytes, pixels, output size).
         zip_limits: archive caps.
+        quick_check: verify the whole database file before writing; callers that already checked it at
+            start-up (the app, a loop of single-file imports) pass False to skip reading it again.
 
     Yields:
         One :class:`ImportResult` per file, in a stable order.
@@ -127,7 +130,7 @@ def import_path(
             items = plan(root, fmt, confine=True, prefix=f"{path.name}!")
         else:
             items = plan(path, fmt)
-        store = stack.enter_context(LabelStore.open(data_dir / DB_NAME))
+        store = stack.enter_context(LabelStore.open(data_dir / DB_NAME, quick_check=quick_check))
         ingest = _Ingester(store, data_dir, user=user, limits=limits)
         for done, item in enumerate(items, start=1):
             yield ingest(item, split)

@@ -41,7 +41,7 @@ def register_api(studio: Studio) -> None:
         path = image["path"] if isinstance(image, dict) else getattr(image, "path", None)
         if not path:
             raise UserFacing("Send one image file.")
-        results = list(import_path(Path(path), studio.data_dir, fmt="auto", user=user))
+        results = list(import_path(Path(path), studio.data_dir, fmt="auto", user=user, quick_check=False))
         if len(results) != 1:
             raise UserFacing("Send one image file (use the Data tab for archives).")
         result = results[0]

@@ -175,7 +175,7 @@ def build_classify_tab(studio: Studio) -> ClassifyTab:
         check_upload_count(files)
         results = []
         for path in files:
-            results.extend(import_path(Path(path), studio.data_dir, fmt="auto", user=user))
+            results.extend(import_path(Path(path), studio.data_dir, fmt="auto", user=user, quick_check=False))
         new_ids = [r.image_id for r in results if r.image_id is not None]
         summary = summarise(results)
         lines = [

@@ -124,7 +124,7 @@ def build_data_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
         results = []
         for path in paths:
             results.extend(import_path(path, studio.data_dir, fmt=FORMATS.get(layout, "auto"), user=user,
-                                       split=SPLIT_OVERRIDE.get(where)))  # fmt: skip
+                                       split=SPLIT_OVERRIDE.get(where), quick_check=False))  # fmt: skip
         rows, text = _report(results)
         return [rows, text]
 
