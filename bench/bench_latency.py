@@ -16,7 +16,7 @@ import torch
 
 from bench.common import interleaved_times, machine, median, write_result
 from ila_core.accounting import count_macs
-from ila_core.adapters import method_config
+from ila_core.adapters import fuse_for_inference, method_config
 from ila_core.backbone import build_model
 from ila_core.config import BackboneConfig
 
@@ -33,9 +33,11 @@ CASES = [  # (backbone, image size, batch sizes)
 def measure(name: str, size: int, batch: int, repeats: int, device: str) -> dict:
     """Median latency of ILA and the plain ViT (linear probe) for one configuration."""
     models = {}
-    for variant in ("linear", "ila"):
+    for variant in ("linear", "ila", "ila_unfused"):
         cfg = BackboneConfig(name=name, image_size=size, weights="none")
-        models[variant] = build_model(cfg, method_config(variant), num_classes=100).model.eval().to(device)
+        method = method_config(variant.removesuffix("_unfused"))
+        models[variant] = build_model(cfg, method, num_classes=100).model.eval().to(device)
+    fuse_for_inference(models["ila"])  # what the app serves; "ila_unfused" is the training-time module
     x = torch.randn(batch, 3, size, size, device=device)
 
     def run(model):
@@ -48,16 +50,18 @@ def measure(name: str, size: int, batch: int, repeats: int, device: str) -> dict
         return fn
 
     times = interleaved_times({v: run(m) for v, m in models.items()}, repeats=repeats)
-    plain, ila = median(times["linear"]), median(times["ila"])
-    macs = {v: count_macs(m.cpu(), size) for v, m in models.items()}
+    plain, ila, unfused = median(times["linear"]), median(times["ila"]), median(times["ila_unfused"])
+    macs = {v: count_macs(models[v].cpu(), size) for v in ("linear", "ila_unfused")}
     return {
         "backbone": name,
         "image_size": size,
         "batch": batch,
         "plain_s": round(plain, 5),
         "ila_s": round(ila, 5),
+        "ila_unfused_s": round(unfused, 5),
         "latency_ratio": round(ila / plain, 3),
-        "mac_ratio": round(macs["ila"] / macs["linear"], 3),
+        "latency_ratio_unfused": round(unfused / plain, 3),
+        "mac_ratio": round(macs["ila_unfused"] / macs["linear"], 3),
         "images_per_s_ila": round(batch / ila, 2),
         "images_per_s_plain": round(batch / plain, 2),
     }

@@ -88,6 +88,24 @@ def test_predict_returns_sorted_top_k(tmp_path, store, images):
     assert predictor.predict_versioned(images[:1])[0] == v
 
 
+def test_served_model_runs_fused_adapters_with_the_checkpoint_logits(tmp_path, store, images):
+    """Serving folds the adapters' BatchNorms (FusedILAdapter) and answers as the unfused checkpoint does."""
+    from ila_core.adapters import FusedILAdapter, ILAdapter
+    from ila_core.checkpoint import load_built
+
+    v = _publish(store, tmp_path, 3)
+    store.activate_version(v)
+    predictor = Predictor.from_store(tmp_path, store)
+    served = predictor.current
+    modules = list(served.built.model.modules())
+    assert sum(isinstance(m, FusedILAdapter) for m in modules) == 2
+    assert not any(isinstance(m, ILAdapter) for m in modules)
+    reference, _ = load_built(checkpoint_path(tmp_path, store.model_version(v)), tmp_path)
+    batch = torch.stack([served.transform(im.convert("RGB")) for im in images])
+    with torch.no_grad():
+        torch.testing.assert_close(served.built.model(batch), reference.model.eval()(batch), rtol=1e-4, atol=1e-5)
+
+
 def test_embeddings_do_not_depend_on_the_version(tmp_path, store, images):
     """embed() gives unit-norm frozen-backbone CLS features, identical across adapter versions."""
     a, b = _publish(store, tmp_path, 1), _publish(store, tmp_path, 2)

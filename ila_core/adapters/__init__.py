@@ -13,6 +13,7 @@ from .config import (
     method_config,
     variant_name,
 )
+from .fused import FusedILAdapter, fuse_for_inference
 from .inject import (
     ADAPTER_TYPES,
     ILABlock,
@@ -50,6 +51,8 @@ __all__ = [
     "mark_trainable",
     "trainable_names",
     "ILAdapter",
+    "FusedILAdapter",
+    "fuse_for_inference",
     "BottleneckAdapter",
     "ConvPassAdapter",
     "ParallelAdapterBlock",

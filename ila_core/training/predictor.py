@@ -32,7 +32,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
-from ..adapters import LinearProbeConfig
+from ..adapters import LinearProbeConfig, fuse_for_inference
 from ..backbone import BuiltModel
 from ..checkpoint import CheckpointError, build_reproducible, load_built
 from ..config import BackboneConfig
@@ -108,6 +108,7 @@ class Predictor:
         """
         path = checkpoint_path(self.data_dir, version)
         built, manifest = load_built(path, self.data_dir, device=self.device)
+        fuse_for_inference(built.model)  # serving never trains this model: fold the adapters' BatchNorms
         if version.get("sha256") and manifest["tensors"]["sha256"] != version["sha256"]:
             raise CheckpointError(f"{path}: file hash differs from the hash recorded for version {version.get('id')}")
         ratio = float((manifest.get("train_config") or {}).get("resize_ratio", 1.34))
