@@ -15,7 +15,7 @@ import pytest
 
 from ila_core.checkpoint import load_model
 from ila_core.config import BackboneConfig
-from ila_core.store import LOST_MESSAGE, JobBusy, LabelStore
+from ila_core.store import LOST_MESSAGE, JobBusy, LabelStore, pid_alive
 from ila_core.training import fit as fit_module
 from ila_core.training.toydata import add_toy_images, write_toy_store
 from ila_core.training.versions import checkpoint_path, promote, rollback, should_promote
@@ -299,3 +299,37 @@ def test_process_mode_runs_jobs_in_a_child(data_dir):
         worker.stop()
     job = _job(data_dir, job_id)
     assert job["status"] == "succeeded" and job["pid"] != os.getpid()
+
+
+def test_watchdog_kills_a_stalled_child_process(data_dir):
+    """Process mode: a frozen child (SIGSTOP, no more heartbeats) is killed by pid and its job failed as stalled;
+    the active model is unchanged and a half-written checkpoint temp it left is swept (FLT-19, FLT-02)."""
+    _enqueue(data_dir, epochs=1)
+    Worker(data_dir).run_once()
+    before = _active(data_dir)
+    before_bytes = checkpoint_path(data_dir, before).read_bytes()
+    job_id = _enqueue(data_dir, epochs=500)
+    worker = Worker(data_dir, mode="process", poll_s=0.2, stale_after_s=3.0)
+    worker.start()
+    pid = None
+    try:
+        _wait_for(lambda: _job(data_dir, job_id)["progress"].get("phase") == "train", 60, "the child to train")
+        pid = _job(data_dir, job_id)["pid"]
+        assert pid != os.getpid() and pid == worker._child.pid
+        os.kill(pid, signal.SIGSTOP)  # frozen mid-training: alive, but it never beats again
+        stray = data_dir / "adapters" / f".v{before['id'] + 1}.safetensors.frozen.tmp"  # as if frozen mid-publish
+        stray.write_bytes(b"half")
+        _wait_for(lambda: _job(data_dir, job_id)["status"] != "running", 30, "the watchdog")
+        _wait_for(lambda: not pid_alive(pid), 10, "the stalled child to be killed and reaped")
+        _wait_for(lambda: not stray.exists(), 10, "the temp-file sweep")
+    finally:
+        if pid is not None and pid_alive(pid):  # never leave a frozen process behind, even when the test fails
+            os.kill(pid, signal.SIGKILL)
+        worker.stop(timeout=5)
+    job = _job(data_dir, job_id)
+    assert job["status"] == "failed" and job["message"].startswith("stalled: no heartbeat"), job["message"]
+    assert "killed" in job["message"]
+    after = _active(data_dir)
+    assert after["id"] == before["id"] and checkpoint_path(data_dir, after).read_bytes() == before_bytes
+    assert not list((data_dir / "adapters").glob("*.tmp"))
+    assert len(list((data_dir / "adapters").glob("*.safetensors"))) == 1

@@ -17,6 +17,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -155,16 +156,29 @@ class Worker:
         return outcome
 
     def watchdog(self) -> list[int]:
-        """Mark stale or orphaned running jobs failed; kill our child if its job was one of them."""
+        """Fail running jobs whose heartbeat stalled or whose worker died; kill our child if it stalled (FLT-19).
+
+        A stalled job ends ``failed`` with a message naming the stall. Our own stalled child is killed (and
+        reaped) *before* the job is marked, because a frozen child may hold the store's write lock.
+        """
         with LabelStore.open(self.store_path, quick_check=False) as store:
-            child_pid = self._child.pid if self._child is not None else None
-            child_jobs = [j["id"] for j in store.jobs(limit=5) if j["status"] == "running" and j["pid"] == child_pid]
-            lost = store.mark_lost_jobs(stale_after_s=self.stale_after_s)
+            job = store.active_job()  # one queued or running job at a time (CON-08)
+        age = _heartbeat_age_s(job) if job is not None and job["status"] == "running" else None
+        stalled = age is not None and age > self.stale_after_s
+        child = self._child
+        killed = stalled and child is not None and job["pid"] == child.pid and child.is_alive()
+        if killed:
+            _logger.warning("watchdog: killing stalled training process %d (job %d)", child.pid, job["id"])
+            child.kill()
+            child.join(5.0)  # reap it, so its pid is gone and its store locks are released
+        lost: list[int] = []
+        with LabelStore.open(self.store_path, quick_check=False) as store:
+            message = _stall_message(age, self.stale_after_s, killed) if stalled else None
+            if stalled and store.finish_job(job["id"], "failed", message=message):
+                lost.append(int(job["id"]))
+            lost += store.mark_lost_jobs(stale_after_s=self.stale_after_s)
         if lost:
             _logger.warning("watchdog: jobs %s stalled or lost their worker; marked failed", lost)
-        if child_pid is not None and set(lost) & set(child_jobs) and self._child.is_alive():
-            _logger.warning("watchdog: killing stalled training process %d", child_pid)
-            self._child.kill()
         return lost
 
     def _loop(self) -> None:
@@ -197,11 +211,14 @@ class Worker:
             if self._child.is_alive():
                 return
             self._child.join()
-            if self._child.exitcode not in (0, None):
+            crashed = self._child.exitcode not in (0, None)
+            if crashed:
                 _logger.warning("training process exited with code %s", self._child.exitcode)
             self._child = None
             with LabelStore.open(self.store_path, quick_check=False) as store:
                 store.mark_lost_jobs(stale_after_s=self.stale_after_s)  # its pid is dead now
+            if crashed:  # killed or crashed: it may have died mid-publish; no other trainer runs now
+                sweep_temp_files(adapters_dir(self.data_dir))
         with LabelStore.open(self.store_path, quick_check=False) as store:
             queued = store.active_job()
         if queued is None or queued["status"] != "queued":
@@ -255,6 +272,19 @@ def worker_main(
             worker._stop.wait(poll_s)
     last = worker.last_outcome
     return 1 if last is not None and last.status == "failed" else 0
+
+
+def _heartbeat_age_s(job: dict[str, Any]) -> float | None:
+    """Seconds since a job's last heartbeat (store timestamps are timezone-aware UTC ISO strings)."""
+    beat = job.get("heartbeat_at")
+    if not beat:
+        return None
+    return (datetime.now(UTC) - datetime.fromisoformat(beat)).total_seconds()
+
+
+def _stall_message(age_s: float, limit_s: float, killed: bool) -> str:
+    what = "training process killed" if killed else "its training thread is abandoned"
+    return f"stalled: no heartbeat for {age_s:.0f} s (limit {limit_s:g} s); {what} by the watchdog"
 
 
 def _watch_flag(flag: Any, stop: threading.Event, interval_s: float = 0.2) -> None:
