@@ -52,6 +52,9 @@ DATASET_FOLDERS: dict[str, tuple[str, ...]] = {
     "soyageing": ("soybean_ageing", "SoyAgeing", "soyageing"),
 }
 _AGEING_SUBSETS = {f"soyageingr{i}": f"R{i}" for i in (1, 3, 4, 5, 6)}  # there is no R2
+# The raw layout of each release (ILA_SPEC 4): a root that *is* a dataset must be the one asked for.
+_LAYOUTS = {"cotton": "ufg-flat", "soylocal": "ufg-flat", "soyglobal": "ufg-flat", "soygene": "ufg-anno",
+            "soyageing": "ufg-ageing"}  # fmt: skip
 
 
 def find_dataset(ufg_root: Path, dataset: str) -> Path:
@@ -65,6 +68,8 @@ def find_dataset(ufg_root: Path, dataset: str) -> Path:
     name = dataset.lower()
     root = Path(ufg_root)
     if name in _AGEING_SUBSETS:
+        if root.name.upper() == _AGEING_SUBSETS[name] and detect_layout(root) == "ufg-anno":
+            return root  # pointed at the stage folder itself
         ageing = find_dataset(root, "soyageing")
         sub = ageing / _AGEING_SUBSETS[name]
         if not sub.is_dir():
@@ -75,9 +80,11 @@ def find_dataset(ufg_root: Path, dataset: str) -> Path:
     for folder in DATASET_FOLDERS[name]:
         if (root / folder).is_dir():
             return root / folder
-    if root.is_dir() and detect_layout(root).startswith("ufg"):
+    layout = detect_layout(root) if root.is_dir() else None
+    if layout == _LAYOUTS[name]:
         return root
-    raise ValueError(f"no folder for {dataset} under {root} (looked for {', '.join(DATASET_FOLDERS[name])})")
+    hint = f"; {root} itself is a {layout} folder, not {dataset}" if layout and layout.startswith("ufg") else ""
+    raise ValueError(f"no folder for {dataset} under {root} (looked for {', '.join(DATASET_FOLDERS[name])}){hint}")
 
 
 def load_ufg(folder: Path) -> TrainingSet:
