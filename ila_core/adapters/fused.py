@@ -3,8 +3,8 @@
 In eval mode each BatchNorm is a fixed per-channel affine map, so it folds exactly into the linear map
 before it (``norm1`` into ``down``, ``norm2`` into ``dwconv``, ``norm3`` into both ``pwconv`` and
 ``prefix_proj``, whose outputs it normalises). The fused forward also keeps the tokens channels-last
-throughout (the point-wise conv becomes a linear map on tokens, the shortcut's depth-wise conv a sum of
-k x k shifted slices) and adds the residual in place, so it runs about half the small ops of
+throughout (the grids are channels-last views of the tokens, which the depth-wise convs take without a
+layout copy, and the point-wise conv becomes a linear map on tokens) and adds the residual in place, so it runs about half the small ops of
 :class:`ILAdapter` — what matters at batch 1 on a CPU, where an adapter's cost is per-op overhead, not
 arithmetic. Outputs equal the eval-mode :class:`ILAdapter` up to float rounding (a test checks 1e-5).
 
@@ -72,9 +72,7 @@ class FusedILAdapter(nn.Module):
             self.register_buffer("prefix_b", _bias(a.prefix_proj, d, w) * s3 + c3)
             self.register_buffer("up_w", a.up.weight.clone())
             self.register_buffer("up_b", _bias(a.up, a.dim, w).clone())
-            # shortcut taps as (k, k, D): tap (i, j) scales the patch grid shifted by (i, j), channels last
-            sc = a.shortcut.weight[:, 0].permute(1, 2, 0).contiguous() if a.downsample else None
-            self.register_buffer("shortcut_taps", sc)
+            self.register_buffer("shortcut_w", a.shortcut.weight.clone() if a.downsample else None)
 
     @classmethod
     def from_adapter(cls, adapter: ILAdapter) -> FusedILAdapter:
@@ -92,18 +90,6 @@ class FusedILAdapter(nn.Module):
         """Grid side after this adapter for an input grid of ``side``."""
         return side - (self.kernel_size - 1) if self.downsample else side
 
-    def _shortcut(self, grid: torch.Tensor) -> torch.Tensor:
-        # grid: (B, h, h, D), channels last. A valid depth-wise conv as k*k shifted multiply-adds: no layout
-        # change and no conv-library reorders, which cost more than the arithmetic at this size.
-        k, taps = self.kernel_size, self.shortcut_taps
-        o = grid.shape[1] - k + 1
-        out = grid[:, :o, :o] * taps[0, 0]
-        for i in range(k):
-            for j in range(k):
-                if i or j:
-                    out.addcmul_(grid[:, i : i + o, j : j + o], taps[i, j])  # autograd-safe: needs only the factors
-        return out
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, dim = x.shape
         p, k = self.num_prefix_tokens, self.kernel_size
@@ -117,7 +103,8 @@ class FusedILAdapter(nn.Module):
         prefix = F.linear(t[:, :p], self.prefix_w, self.prefix_b)  # norm3 folded
         out = F.linear(self.act(torch.cat([prefix, patch], dim=1)), self.up_w, self.up_b)  # (B, P + o*o, D)
         if self.downsample:
-            short = self._shortcut(x[:, p:].reshape(b, h, h, dim)).reshape(b, o * o, dim)
+            grid = x[:, p:].reshape(b, h, h, dim).permute(0, 3, 1, 2)  # channels-last view, no copy
+            short = F.conv2d(grid, self.shortcut_w, groups=dim).permute(0, 2, 3, 1).reshape(b, o * o, dim)
             residual = torch.cat([x[:, :p], short], dim=1)
         else:
             residual = x
