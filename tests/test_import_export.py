@@ -334,9 +334,71 @@ def test_csv_export_neutralises_formulas_and_round_trips(tmp_path):
     with (tmp_path / "labels.csv").open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert {r["label"] for r in rows} == {"'=HYPERLINK(1)", "'@SUM", "'-rust", "'+x", "Plain"}
-    assert all(Path(r["path"]).is_file() for r in rows)
+    assert all(r["path"].startswith("data/images/") and (tmp_path / r["path"]).is_file() for r in rows)
     _run(tmp_path / "labels.csv", tmp_path / "fresh", fmt="csv")
     assert _labels(tmp_path / "fresh") == _labels(data)
+
+
+def _labels_by_sha(data_dir: Path) -> dict[str, tuple[str | None, str | None]]:
+    """sha256 -> (current hard label, split) of every stored image, labelled or not."""
+    with LabelStore.open(data_dir / "ila.db") as store:
+        return {r["sha256"]: (r["label"] if r["label_kind"] == "label" else None, r["split"]) for r in store.images()}
+
+
+@pytest.fixture
+def labelled_data(split_tree, tmp_path) -> Path:
+    """A store with train/holdout labels, an unlabelled image and a relabelled one, at <tmp>/srv/data."""
+    data = tmp_path / "srv" / "data"
+    results = _run(split_tree, data)
+    _run(_png(tmp_path / "loose.png"), data)
+    with LabelStore.open(data / "ila.db") as store:
+        store.record_label(results[0].image_id, "Beta", client_event_id="fix-1", user="ana")
+    return data
+
+
+def test_csv_export_next_to_the_data_dir_reimports_where_it_was_written(labelled_data, tmp_path):
+    """A CSV written above the data directory has paths below its own folder and imports into a fresh store."""
+    out = tmp_path / "srv" / "labels.csv"
+    assert export(labelled_data, out, fmt="csv")["paths_relative_to"] == "export"
+    text = out.read_text(encoding="utf-8")
+    assert str(tmp_path) not in text
+    rows = list(csv.DictReader(text.splitlines()))
+    assert len(rows) == 5 and all(r["path"].startswith("data/images/") for r in rows)
+    results = _run(out, tmp_path / "fresh", fmt="csv")
+    assert {r.status for r in results} == {"imported"}
+    assert _labels_by_sha(tmp_path / "fresh") == _labels_by_sha(labelled_data)
+    assert _labels(tmp_path / "fresh") == _labels(labelled_data)
+
+
+def test_csv_export_elsewhere_has_data_dir_paths_and_a_bundle_reimports(labelled_data, tmp_path):
+    """A CSV exported away from the data (a download): paths relative to the data directory, no server path,
+    no '..'; the CSV zipped with the data directory's images/ imports into a fresh store with the same labels."""
+    out = tmp_path / "downloads" / "labels.csv"
+    assert export(labelled_data, out, fmt="csv")["paths_relative_to"] == "data_dir"
+    text = out.read_text(encoding="utf-8")
+    assert str(tmp_path) not in text and ".." not in text
+    rows = list(csv.DictReader(text.splitlines()))
+    assert all(r["path"].startswith("images/") and (labelled_data / r["path"]).is_file() for r in rows)
+    entries = {"bundle/labels.csv": out.read_bytes()}
+    entries |= {f"bundle/{r['path']}": (labelled_data / r["path"]).read_bytes() for r in rows}
+    results = _run(_zip(tmp_path / "bundle.zip", entries), tmp_path / "fresh")
+    assert [r.status for r in results] == ["imported"] * 5, [r.reason for r in results]
+    assert _labels_by_sha(tmp_path / "fresh") == _labels_by_sha(labelled_data)
+
+
+def test_csv_export_paths_survive_odd_folder_names_and_symlinked_images(split_tree, tmp_path):
+    """A data directory named like a formula ('-data') and an images/ folder that is a symlink to another
+    volume: the CSV still exports (the path is not apostrophe-mangled) and imports again."""
+    data = tmp_path / "-data"
+    _run(split_tree, data)
+    (data / "images").rename(tmp_path / "volume")
+    (data / "images").symlink_to(tmp_path / "volume", target_is_directory=True)
+    out = tmp_path / "labels.csv"
+    export(data, out, fmt="csv")
+    assert all(r["path"].startswith("./-data/images/") for r in csv.DictReader(out.open(encoding="utf-8")))
+    _run(out, tmp_path / "fresh", fmt="csv")
+    assert _labels_by_sha(tmp_path / "fresh") == _labels_by_sha(data)
+    assert export(data, tmp_path / "tree-out", fmt="imagefolder")["images"] == 4
 
 
 def test_neutralise_cell():

@@ -6,6 +6,10 @@
   (``/ \\ : * ? " < > | %``, a leading dot, a trailing dot or space); the importer decodes them again.
 * ``csv``: one row per image, header ``path,label,split,...`` so it can be imported again. ``label`` holds
   only hard labels; ``unsure``/``between`` states are in ``label_kind``, ``tentative_label``, ``alt_label``.
+  ``path`` is never absolute and never climbs with ``..`` (no server paths leak into a download): it is
+  relative to the CSV's own folder when the data directory lies inside that folder (the CSV imports again
+  where it was written), else relative to the data directory (``images/ab/<sha256>.png``: a zip or folder of
+  the CSV next to the data directory's ``images/`` imports again).
 * ``history``: every label event in commit order (the append-only log, undo events included).
 * ``labelstudio``: a JSON list of tasks: ``data.image`` (a Label Studio local-files URL by default, relative
   to the data directory), ``annotations`` from the current hard label and ``predictions`` (``model_version``,
@@ -26,7 +30,7 @@ import shutil
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
@@ -114,11 +118,16 @@ def _all_images(store: LabelStore) -> Iterator[dict[str, Any]]:
         offset += len(page)
 
 
-def _stored_file(data_dir: Path, rel_path: str) -> Path:
-    path = (data_dir / rel_path).resolve()
-    if not path.is_relative_to(data_dir.resolve()):
+def _stored_rel(rel_path: str) -> PurePosixPath:
+    # Checked by name, not resolved: images/ may be a symlink to another volume, and that is still "inside".
+    rel = PurePosixPath(rel_path.replace("\\", "/"))
+    if rel.is_absolute() or ".." in rel.parts:
         raise ValueError(f"stored path {rel_path!r} leaves the data directory")
-    return path
+    return rel
+
+
+def _stored_file(data_dir: Path, rel_path: str) -> Path:
+    return data_dir / _stored_rel(rel_path)
 
 
 def _export_imagefolder(store: LabelStore, data_dir: Path, out: Path) -> dict[str, Any]:
@@ -157,21 +166,35 @@ def _write_csv(out: Path, columns: tuple[str, ...], rows: list[list[Any]]) -> No
     write_atomic(out, buf.getvalue().encode("utf-8"))
 
 
+def _csv_path_prefix(data_dir: Path, out: Path) -> tuple[PurePosixPath, str]:
+    """What goes before a stored image path in the CSV: the data directory's place below the CSV's folder if
+    it is inside it, else nothing (relative to the data directory). Never ``..``: that would leak the server's
+    layout and is refused inside a zip."""
+    data, folder = Path(os.path.abspath(data_dir)), Path(os.path.abspath(out.parent))
+    if data.is_relative_to(folder):
+        return PurePosixPath(data.relative_to(folder).as_posix()), "export"
+    return PurePosixPath(), "data_dir"
+
+
 def _export_csv(store: LabelStore, data_dir: Path, out: Path) -> dict[str, Any]:
+    prefix, relative_to = _csv_path_prefix(data_dir, out)
     rows, labelled = [], 0
     for image in _all_images(store):
         current = store.current_label(image["id"]) if image["label_kind"] else None
         kind = current["kind"] if current else None
         hard = current["label"] if kind == "label" else None
         labelled += hard is not None
+        path = (prefix / _stored_rel(image["rel_path"])).as_posix()
+        if path.startswith(_FORMULA_START):
+            path = "./" + path  # a folder named like "-data": the importer takes paths verbatim, no apostrophe
         rows.append([
-            _stored_file(data_dir, image["rel_path"]), hard, image["split"], image["id"], image["sha256"], kind,
+            path, hard, image["split"], image["id"], image["sha256"], kind,
             current["label"] if current and kind != "label" else None, current and current["alt_label"],
             current and current["user"], current and current["created_at"], image["original_name"],
             image["width"], image["height"], image["format"],
         ])
     _write_csv(out, CSV_COLUMNS, rows)
-    return {"images": len(rows), "labelled": labelled}
+    return {"images": len(rows), "labelled": labelled, "paths_relative_to": relative_to}
 
 
 def _export_history(store: LabelStore, out: Path) -> dict[str, Any]:
