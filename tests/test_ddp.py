@@ -78,7 +78,9 @@ def ddp_run(tmp_path_factory):
     write_toy_store(out, num_classes=3, train_per_class=8, holdout_per_class=2)
     script = out / "ddp_script.py"
     script.write_text(_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    # CPU only (gloo): the equality below is a CPU-determinism check, also on a machine with a GPU
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "CUDA_VISIBLE_DEVICES": ""}  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(WORLD),
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script), str(out)]  # fmt: skip
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -114,3 +116,28 @@ def test_only_rank_zero_writes_the_store(ddp_run):
         assert len(store.model_versions()) == 1
         assert store.job_metrics(1)[0]["epoch"] == 1
     assert len(list((ddp_run / "adapters").glob("*.safetensors"))) == 1
+
+
+@pytest.mark.parametrize(
+    ("gpus", "local_world", "forced", "expected"),
+    [(0, 2, None, "gloo"), (1, 1, None, "nccl"), (1, 2, None, "gloo"), (4, 4, None, "nccl"), (4, 2, "gloo", "gloo")],
+)
+def test_backend_is_nccl_only_with_a_gpu_per_local_rank(monkeypatch, gpus, local_world, forced, expected):
+    """NCCL refuses two ranks on one GPU: more local ranks than GPUs falls back to gloo."""
+    from ila_core.training import distributed
+
+    monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(distributed.torch.cuda, "device_count", lambda: gpus)
+    if forced:
+        monkeypatch.setenv("ILA_DIST_BACKEND", forced)
+    else:
+        monkeypatch.delenv("ILA_DIST_BACKEND", raising=False)
+    assert distributed.choose_backend(local_world) == expected
+
+
+def test_forced_backend_must_be_known(monkeypatch):
+    from ila_core.training import distributed
+
+    monkeypatch.setenv("ILA_DIST_BACKEND", "mpi")
+    with pytest.raises(ValueError, match="ILA_DIST_BACKEND must be nccl or gloo"):
+        distributed.choose_backend(1)

@@ -26,7 +26,7 @@ from ..store import LabelStore
 from .fit import DistContext
 from .worker import RunOutcome, Worker, job_params, run_training
 
-__all__ = ["DistContext", "init_from_env", "launched_by_torchrun", "broadcast_object", "run_job_distributed", "cleanup"]
+__all__ = ["DistContext", "choose_backend", "init_from_env", "launched_by_torchrun", "broadcast_object", "run_job_distributed", "cleanup"]
 
 _logger = logging.getLogger(__name__)
 
@@ -36,15 +36,32 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def choose_backend(local_world_size: int) -> str:
+    """nccl when every process on this machine gets a GPU of its own, else gloo.
+
+    NCCL refuses two ranks on one device, so more local ranks than GPUs (or ``ILA_DIST_BACKEND=gloo``) falls
+    back to gloo, which also reduces CUDA tensors, only slower.
+    """
+    forced = os.environ.get("ILA_DIST_BACKEND")
+    if forced:
+        if forced not in ("nccl", "gloo"):
+            raise ValueError(f"ILA_DIST_BACKEND must be nccl or gloo, got {forced!r}")
+        return forced
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and local_world_size > gpus:
+        _logger.warning("%d local ranks but %d GPU(s): using gloo (nccl needs one GPU per rank)", local_world_size, gpus)
+    return "nccl" if gpus and local_world_size <= gpus else "gloo"
+
+
 def init_from_env(timeout_s: float = 1800) -> DistContext | None:
     """Join torchrun's process group (nccl when CUDA is available, else gloo); None for a single process."""
     if not launched_by_torchrun():
         return None
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", rank))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = choose_backend(int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     if backend == "nccl":
-        torch.cuda.set_device(local % torch.cuda.device_count())
+        torch.cuda.set_device(local)
     if not tdist.is_initialized():
         tdist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     _logger.info("rank %d of %d joined (%s)", rank, world, backend)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -320,8 +321,8 @@ class _Shard(Sampler[int]):
 
 
 def _dist_device(dist: DistContext) -> str:
-    if torch.cuda.is_available():
-        return f"cuda:{dist.rank % torch.cuda.device_count()}"
+    if torch.cuda.is_available():  # torchrun's LOCAL_RANK: global ranks do not map to GPUs across machines
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', dist.rank)) % torch.cuda.device_count()}"
     return "cpu"
 
 
