@@ -7,7 +7,7 @@ with images/s of each variant, ILA's speed-up over full fine-tuning, and peak me
 CPU: not separable per variant, omitted). Writes ``bench/results/train_<device>.json``. Weights are random:
 throughput does not depend on their values.
 
-    python -m bench.bench_train                 # CUDA if present: ViT-B/16 at 224 and 448 (the paper's setting)
+    python -m bench.bench_train                 # ViT-B/16; on CUDA at 224 and 448 (the paper's setting), CPU 224
     python -m bench.bench_train --quick         # tiny test_vit at 96 px, seconds (smoke run)
     python -m bench.bench_train --backbone vit_small_patch14_dinov2 --sizes 224 --steps 4
 """
@@ -93,7 +93,7 @@ def measure(backbone: str, size: int, *, steps: int, rounds: int, device: str, c
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="vit_base_patch16_224")
-    parser.add_argument("--sizes", default="224,448", help="comma-separated image sizes")
+    parser.add_argument("--sizes", help="comma-separated image sizes (default: 224,448 on CUDA, 224 on CPU)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per round (default: 20 GPU, 3 CPU)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -103,7 +103,9 @@ def main() -> int:
     ds = None
     if args.quick:
         args.backbone, args.sizes, ds, args.rounds = "test_vit", "96", (1, 3), 2
-    steps = args.steps or (20 if args.device.startswith("cuda") else 3)
+    gpu = args.device.startswith("cuda")
+    steps = args.steps or (20 if gpu else 3)
+    args.sizes = args.sizes or ("224,448" if gpu else "224")
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
         row = measure(args.backbone, size, steps=steps, rounds=args.rounds, device=args.device, ds=ds)

@@ -12,6 +12,7 @@ _logger = logging.getLogger(__name__)
 SCRIPTS = [  # (module, extra args)
     ("bench.bench_latency", []),
     ("bench.bench_feature_cache", []),
+    ("bench.bench_train", []),
     ("bench.bench_explain", []),
     ("bench.synthetic_probe", ["--data-dir", "data", "--out", "bench/results/synthetic_probe.json"]),
     ("bench.bench_load", []),
