@@ -155,7 +155,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
-    """(version id or None, built model, manifest) for --version / --checkpoint / the active version."""
+    """(version id or None, built model, manifest) for --version / --checkpoint / the active version.
+
+    The model is for inference only (eval, predict): its adapters are fused, as the app serves them.
+    """
+    from ..adapters import fuse_for_inference
     from ..checkpoint import load_built
     from ..store import LabelStore
     from .versions import checkpoint_path
@@ -163,12 +167,14 @@ def _load(args: argparse.Namespace):
 
     if args.checkpoint is not None:
         built, manifest = load_built(args.checkpoint, args.data_dir, device=args.device)
+        fuse_for_inference(built.model)
         return None, built, manifest
     with LabelStore.open(default_store_path(args.data_dir)) as store:
         version = store.model_version(args.version) if args.version is not None else store.active_version()
     if version is None:
         raise ValueError("no active model version: train one first (python -m ila_core train)")
     built, manifest = load_built(checkpoint_path(args.data_dir, version), args.data_dir, device=args.device)
+    fuse_for_inference(built.model)
     return version["id"], built, manifest
 
 
