@@ -1,41 +1,39 @@
 """One training run: model preparation, data loaders, optimiser, schedule, epochs, budget, final evaluation.
 
 Used by the job worker, the ``train`` command, ``reproduce`` and the distributed launcher. It never touches
-the store: progress goes out through callbacks, stopping comes in through ``should_stop``.
+the store: progress goes out through callbacks, stopping comes in through ``should_stop``. This module holds
+the run itself; model preparation (:mod:`~ila_core.training.model_setup`), loaders and samplers
+(:mod:`~ila_core.training.loaders`) and the DDP collectives (:mod:`~ila_core.training.collectives`) live
+beside it, and their public names are importable from here too.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
-import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
-from ..adapters import ADAPTER_TYPES, MethodConfig
 from ..backbone import BuiltModel
-from ..checkpoint import backbone_fingerprint, build_reproducible, reinit_trainable
-from ..config import BackboneConfig
+from ..checkpoint import backbone_fingerprint
+from .collectives import DistContext, _all_mean, _all_min, _all_reduce_counts, _dist_device
 from .config import TrainConfig, resolve_device
 from .dataset import ImageDataset, TrainingSet
 from .feature_cache import CachedDataset, CachedFeatures, FeatureCache, SuffixModel, plan_prefix
+from .loaders import EpochShuffle, _loader, _Shard
 from .loop import build_optimizer, evaluate, train_one_epoch
 from .metrics import EvalMetrics
+from .model_setup import prepare_model, seed_everything, share_frozen_weights, zero_adapter_outputs
 from .schedule import CosineWarmup
 from .transforms import eval_transform, preprocess_for, train_transform
 
 __all__ = ["FitResult", "DistContext", "EpochShuffle", "seed_everything", "prepare_model", "share_frozen_weights",
-           "zero_adapter_outputs", "fit"]
+           "zero_adapter_outputs", "fit"]  # fmt: skip
 
 _logger = logging.getLogger(__name__)
 
@@ -53,118 +51,6 @@ class FitResult:
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
     cache_stats: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DistContext:
-    """This process's place in a DistributedDataParallel run (see :mod:`ila_core.training.distributed`)."""
-
-    rank: int
-    world_size: int
-
-
-class EpochShuffle(Sampler[int]):
-    """A permutation seeded by ``seed + epoch`` (the order DistributedSampler gives a single process)."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed torch, random and numpy; return a generator for DataLoaders."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
-def _seed_worker(worker_id: int) -> None:
-    s = torch.initial_seed() % 2**32
-    random.seed(s)
-    np.random.seed(s)
-
-
-def prepare_model(
-    backbone: BackboneConfig,
-    method: MethodConfig,
-    num_classes: int,
-    config: TrainConfig,
-    *,
-    data_dir: Path | None = None,
-    share_from: nn.Module | None = None,
-) -> BuiltModel:
-    """Build the model a run trains: seeded adapters/head, the recipe's dropout, optionally a frozen CLS.
-
-    Args:
-        share_from: a model on the same backbone (e.g. the one being served) whose frozen tensors are reused
-            instead of copied (they are never written).
-    """
-    if config.freeze_cls_token and hasattr(method, "train_cls_token"):
-        method = dataclasses.replace(method, train_cls_token=False)
-    if config.image_size is not None and config.image_size != backbone.image_size:
-        backbone = dataclasses.replace(backbone, image_size=config.image_size)
-    built = build_reproducible(backbone, method, num_classes, data_dir=data_dir, drop_rate=config.drop_rate)
-    seed_everything(config.seed)
-    reinit_trainable(built.model)
-    if config.zero_init_adapter_output:
-        zero_adapter_outputs(built.model)
-    if share_from is not None:
-        share_frozen_weights(share_from, built.model)
-    return built
-
-
-@torch.no_grad()
-def zero_adapter_outputs(model: nn.Module) -> int:
-    """Zero the last projection (``up``) of every adapter, so each starts as exactly its shortcut.
-
-    Returns:
-        How many projections were zeroed.
-    """
-    count = 0
-    for module in model.modules():
-        if isinstance(module, ADAPTER_TYPES) and isinstance(getattr(module, "up", None), nn.Linear):
-            nn.init.zeros_(module.up.weight)
-            nn.init.zeros_(module.up.bias)
-            count += 1
-    return count
-
-
-@torch.no_grad()
-def share_frozen_weights(source: nn.Module, target: nn.Module) -> int:
-    """Point ``target``'s frozen parameters at ``source``'s tensors (same name, shape, dtype, device).
-
-    Returns:
-        How many parameters now share storage.
-    """
-    canon = {n.replace(".base_block", ""): p for n, p in source.named_parameters() if not p.requires_grad}
-    shared = 0
-    for name, p in target.named_parameters():
-        src = canon.get(name.replace(".base_block", ""))
-        if p.requires_grad or src is None or src.shape != p.shape or src.dtype != p.dtype or src.device != p.device:
-            continue
-        if not torch.equal(src, p):
-            raise ValueError(f"cannot share {name}: the source model has another backbone")
-        p.data = src.data
-        shared += 1
-    return shared
-
-
-def _loader(ds: Dataset, batch_size: int, *, sampler: Sampler | None, drop_last: bool, workers: int,
-            generator: torch.Generator | None, pin: bool) -> DataLoader:  # fmt: skip
-    return DataLoader(
-        ds, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=workers, generator=generator,
-        worker_init_fn=_seed_worker if workers else None, pin_memory=pin, persistent_workers=False,
-    )  # fmt: skip
 
 
 def fit(
@@ -193,7 +79,9 @@ def fit(
     start = time.perf_counter()
     stop = should_stop or (lambda: False)
     progress = on_progress or (lambda _: None)
-    device = torch.device(resolve_device(config.device) if dist is None or config.device != "auto" else _dist_device(dist))
+    device = torch.device(
+        resolve_device(config.device) if dist is None or config.device != "auto" else _dist_device(dist)
+    )
     model = built.model.to(device)
     image_size = config.image_size or built.backbone.image_size
     prep = preprocess_for(model, image_size, config.resize_ratio)
@@ -255,8 +143,8 @@ def fit(
         done = row["global_step"]
         total = epochs_planned * steps_per_epoch
         per_step = (time.perf_counter() - train_start) / max(done, 1)
-        progress({"phase": "train", "epoch": row["epoch"] + 1, "step": done, "total_steps": total,
-                  "loss": row["loss"], "lr": row["lr"], "eta_s": round(per_step * max(total - done, 0), 1)})  # fmt: skip
+        progress({"phase": "train", "epoch": row["epoch"] + 1, "step": done, "total_steps": total, "loss": row["loss"],
+                  "lr": row["lr"], "eta_s": round(per_step * max(total - done, 0), 1)})  # fmt: skip
 
     epoch = 0
     for epoch in range(config.epochs):
@@ -272,8 +160,8 @@ def fit(
         if stats.stopped:
             stopped = True
             break
-        row = {"epoch": epoch + 1, "loss": _all_mean(stats.loss, dist), "lr": stats.lr, "seconds": round(stats.seconds, 3),
-               "steps": stats.steps, "global_step": global_step}  # fmt: skip
+        row = {"epoch": epoch + 1, "loss": _all_mean(stats.loss, dist), "lr": stats.lr,
+               "seconds": round(stats.seconds, 3), "steps": stats.steps, "global_step": global_step}  # fmt: skip
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
@@ -296,66 +184,15 @@ def fit(
                               generator=None, pin=pin)  # fmt: skip
         reduce = _all_reduce_counts if dist is not None else None
         n_batches = len(eval_loader)
+
+        def on_eval_batch(i: int) -> None:
+            progress({"phase": "eval", "step": i, "total_steps": n_batches})
+
         metrics = evaluate(net, eval_loader, device=device, class_names=data.class_names, amp=use_amp,
-                           should_stop=stop, reduce=reduce,
-                           on_batch=lambda i: progress({"phase": "eval", "step": i, "total_steps": n_batches}))  # fmt: skip
+                           should_stop=stop, reduce=reduce, on_batch=on_eval_batch)  # fmt: skip
         if stop():
             stopped, metrics = True, None
     model.eval()
     return FitResult(metrics=metrics, epochs=epochs_done, steps=global_step, stopped=stopped,
                      seconds=time.perf_counter() - start, history=history,
                      cache_stats=cache.stats() if plan is not None and cache is not None else {})  # fmt: skip
-
-
-class _Shard(Sampler[int]):
-    """Every ``world``-th index from ``rank``, no padding (evaluation counts each sample exactly once)."""
-
-    def __init__(self, n: int, rank: int, world: int) -> None:
-        self.indices = list(range(rank, n, world))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def _dist_device(dist: DistContext) -> str:
-    if torch.cuda.is_available():  # torchrun's LOCAL_RANK: global ranks do not map to GPUs across machines
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', dist.rank)) % torch.cuda.device_count()}"
-    return "cpu"
-
-
-def _comm(t: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as tdist
-
-    # nccl only reduces CUDA tensors; gloo takes CPU ones
-    return t.to(f"cuda:{torch.cuda.current_device()}") if tdist.get_backend() == "nccl" else t
-
-
-def _all_reduce_counts(acc: Any) -> None:
-    import torch.distributed as tdist
-
-    flat = _comm(acc.state())
-    tdist.all_reduce(flat)
-    acc.load_state(flat)
-
-
-def _all_mean(value: float, dist: DistContext | None) -> float:
-    if dist is None or math.isnan(value):
-        return value
-    import torch.distributed as tdist
-
-    t = _comm(torch.tensor([value], dtype=torch.float64))
-    tdist.all_reduce(t)
-    return float(t) / dist.world_size
-
-
-def _all_min(value: int, dist: DistContext | None) -> int:
-    if dist is None:
-        return value
-    import torch.distributed as tdist
-
-    t = _comm(torch.tensor([value], dtype=torch.int64))
-    tdist.all_reduce(t, op=tdist.ReduceOp.MIN)
-    return int(t)
