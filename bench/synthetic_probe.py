@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     raw_acc, feat_acc = float((raw_pred == test_y).mean()), float((feat_pred == test_y).mean())
     result = {
         "benchmark": "synthetic_probe",
+        "title": "Synthetic cultivars: ridge-probe test top-1 on raw pixels vs frozen backbone features",
         "config": asdict(config),
         "train_per_class": args.train_per_class,
         "test_per_class": args.test_per_class,
