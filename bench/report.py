@@ -35,7 +35,7 @@ def _generic(name: str, data: dict) -> list[str]:
     rows = [r for r in rows if isinstance(r, dict)]
     if not rows:
         return []
-    keys = [k for k in rows[0] if not isinstance(rows[0][k], (dict, list))]
+    keys = [k for k in rows[0] if not isinstance(rows[0][k], (dict, list)) and k not in ("title", "benchmark")]
     out = [f"**{data.get('title', name)}**:", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
         out.append("| " + " | ".join(str(r.get(k, "")) for k in keys) + " |")
