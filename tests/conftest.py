@@ -23,6 +23,17 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _cpu_paths(request, monkeypatch) -> None:
+    """Every test but those marked ``cuda`` takes the CPU paths, also on a GPU machine (CI has none).
+
+    Code picks CUDA through ``torch.cuda.is_available()`` ("auto" devices, the DDP backend), so hiding it here
+    keeps `make test` on a GPU box the same suite as CI, plus the ``cuda`` tests.
+    """
+    if request.node.get_closest_marker("cuda") is None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
 @pytest.fixture
 def tiny_backbone() -> BackboneConfig:
     """Random-init timm ``test_vit`` at 96 px."""

@@ -19,7 +19,7 @@ from ila_core.training.dataset import snapshot
 from ila_core.training.fit import fit, prepare_model
 from ila_core.training.toydata import toy_image, write_toy_store
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 TINY = BackboneConfig(name="test_vit", image_size=96, weights="none")
 METHOD = ILAConfig(ds_locations=(1, 3))

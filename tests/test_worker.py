@@ -233,7 +233,8 @@ def test_job_params_are_validated_when_queued():
 
 # -- crash tests with real processes ---------------------------------------------------------------
 
-_CHILD_ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+_CHILD_ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+              "CUDA_VISIBLE_DEVICES": ""}  # children take the CPU path, as in CI, also on a GPU machine
 _WORKER = "from ila_core.training.worker import worker_main; import sys; sys.exit(worker_main(sys.argv[1], once=True))"
 
 
