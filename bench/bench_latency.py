@@ -1,6 +1,7 @@
 """CPU (or GPU) inference latency of ILA vs the plain ViT, measured side by side in one run.
 
-Prints one JSON object per (backbone, image size, batch) with the latency ratio next to the MAC ratio, and
+Prints one JSON object per (backbone, image size, batch) with the latency ratio (median of per-round ratios,
+with quartiles) next to the MAC ratio, and
 writes ``bench/results/latency.json``. Weights are random: latency does not depend on their values.
 
     python -m bench.bench_latency [--quick] [--device cuda]
@@ -30,6 +31,10 @@ CASES = [  # (backbone, image size, batch sizes)
 ]
 
 
+def _quantile(sorted_xs: list[float], q: float) -> float:
+    return sorted_xs[min(len(sorted_xs) - 1, round(q * (len(sorted_xs) - 1)))]
+
+
 def measure(name: str, size: int, batch: int, repeats: int, device: str) -> dict:
     """Median latency of ILA and the plain ViT (linear probe) for one configuration."""
     models = {}
@@ -51,6 +56,9 @@ def measure(name: str, size: int, batch: int, repeats: int, device: str) -> dict
 
     times = interleaved_times({v: run(m) for v, m in models.items()}, repeats=repeats)
     plain, ila, unfused = median(times["linear"]), median(times["ila"]), median(times["ila_unfused"])
+    # Ratios of the runs of one round (adjacent in time, same machine state), then their median and quartiles:
+    # on a shared machine whose speed drifts by 25 % this is steadier than a ratio of two medians.
+    paired = {v: sorted(a / b for a, b in zip(times[v], times["linear"], strict=True)) for v in ("ila", "ila_unfused")}
     macs = {v: count_macs(models[v].cpu(), size) for v in ("linear", "ila_unfused")}
     return {
         "backbone": name,
@@ -59,8 +67,9 @@ def measure(name: str, size: int, batch: int, repeats: int, device: str) -> dict
         "plain_s": round(plain, 5),
         "ila_s": round(ila, 5),
         "ila_unfused_s": round(unfused, 5),
-        "latency_ratio": round(ila / plain, 3),
-        "latency_ratio_unfused": round(unfused / plain, 3),
+        "latency_ratio": round(median(paired["ila"]), 3),
+        "latency_ratio_q1_q3": [round(_quantile(paired["ila"], q), 3) for q in (0.25, 0.75)],
+        "latency_ratio_unfused": round(median(paired["ila_unfused"]), 3),
         "mac_ratio": round(macs["ila_unfused"] / macs["linear"], 3),
         "images_per_s_ila": round(batch / ila, 2),
         "images_per_s_plain": round(batch / plain, 2),
@@ -76,7 +85,7 @@ def main() -> None:
     rows = []
     for name, size, batches in CASES:
         for batch in batches[:1] if args.quick else batches:
-            reps = max(2, args.repeats if batch == 1 else args.repeats // 2)
+            reps = max(2, args.repeats * 4 if batch == 1 else args.repeats // 2)  # batch 1 is cheap and noisy
             row = measure(name, size, batch, reps, args.device)
             print(json.dumps(row), flush=True)
             rows.append(row)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..tokens import grid_side
 from .layer import ILAdapter, TokenBatchNorm
 
 __all__ = ["FusedILAdapter", "fuse_for_inference"]
@@ -93,7 +94,7 @@ class FusedILAdapter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, dim = x.shape
         p, k = self.num_prefix_tokens, self.kernel_size
-        h = round((n - p) ** 0.5)
+        h = grid_side(int(n) - p)  # int(): a plain number also under tracing
         o = self.out_side(h)
         t = self.act(F.linear(x, self.down_w, self.down_b))  # (B, N, d), norm1 folded
         grid = t[:, p:].reshape(b, h, h, -1).permute(0, 3, 1, 2)  # a view: channels-last strides
