@@ -19,14 +19,16 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 def _latency(data: dict) -> list[str]:
     m = data["machine"]
     where = m["cuda"] or f"CPU, {m['threads']} threads"
-    out = [f"**Inference latency, ILA vs plain ViT** (random weights, {where}, median of interleaved runs; ILA as "
-           "served, BatchNorms folded; 'unfused' is the training-time module):", "",
+    out = [(f"**Inference latency, ILA vs plain ViT** (random weights, {where}; ratio = median of per-round ratios "
+            "of interleaved runs, quartiles in brackets; ILA as served, BatchNorms folded; 'unfused' is the "
+            "training-time module):"), "",
            "| backbone | px | batch | plain (s) | ILA (s) | latency ratio | unfused ratio | MAC ratio |",
            "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in data["rows"]:
         unfused = f"{r['latency_ratio_unfused']:.2f}x" if "latency_ratio_unfused" in r else ""
+        spread = "({:.2f}-{:.2f})".format(*r["latency_ratio_q1_q3"]) if "latency_ratio_q1_q3" in r else ""
         out.append(f"| {r['backbone']} | {r['image_size']} | {r['batch']} | {r['plain_s']:.3f} | {r['ila_s']:.3f} | "
-                   f"**{r['latency_ratio']:.2f}x** | {unfused} | {r['mac_ratio']:.2f}x |")  # fmt: skip
+                   f"**{r['latency_ratio']:.2f}x** {spread} | {unfused} | {r['mac_ratio']:.2f}x |")  # fmt: skip
     return out
 
 
