@@ -453,7 +453,10 @@ def test_flt19_stale_heartbeat_marked_lost():
         assert store.mark_lost_jobs(stale_after_s=60, alive=lambda pid: True) == []
         store.heartbeat(job_id)
         clock.now += timedelta(seconds=61)
-        assert store.mark_lost_jobs(stale_after_s=60, alive=lambda pid: True) == [job_id]
+        assert [j["id"] for j in store.stalled_jobs(stale_after_s=60)] == [job_id]
+        assert store.mark_lost_jobs(stale_after_s=60, alive=lambda pid: True, stall_note="killed") == [job_id]
+        assert store.job(job_id)["message"] == "stalled: no heartbeat for 61 s (limit 60 s); killed"
+        assert store.stalled_jobs(stale_after_s=60) == []
 
 
 def test_job_lifecycle(store: LabelStore):

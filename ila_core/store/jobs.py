@@ -176,35 +176,49 @@ class JobsMixin(StoreBase):
         row = self._row("SELECT * FROM jobs WHERE status IN ('queued', 'running') ORDER BY id DESC LIMIT 1")
         return load_json_columns(row, *_JSON_COLUMNS)
 
+    def stalled_jobs(self, *, stale_after_s: float = 60) -> list[dict[str, Any]]:
+        """Running jobs whose last heartbeat is older than ``stale_after_s`` (or that never beat)."""
+        cutoff = self._clock() - timedelta(seconds=stale_after_s)
+        rows = self._rows("SELECT * FROM jobs WHERE status = 'running' ORDER BY id")
+        return [load_json_columns(r, *_JSON_COLUMNS) for r in rows
+                if r["heartbeat_at"] is None or datetime.fromisoformat(r["heartbeat_at"]) < cutoff]  # fmt: skip
+
     def mark_lost_jobs(
-        self, *, stale_after_s: float = 60, alive: Callable[[int], bool] | None = None
+        self, *, stale_after_s: float = 60, alive: Callable[[int], bool] | None = None, stall_note: str | None = None
     ) -> list[int]:
-        """Fail running jobs whose heartbeat is older than ``stale_after_s`` or whose pid is gone.
+        """Fail running jobs whose pid is gone or whose heartbeat is older than ``stale_after_s`` (FLT-19, FLT-20).
 
         Call it at app start (a job 'running' from before the restart is lost) and periodically.
 
         Args:
-            stale_after_s: heartbeat age that counts as dead.
+            stale_after_s: heartbeat age that counts as stalled.
             alive: pid probe; defaults to :func:`pid_alive` (meaningful for workers on this host).
+            stall_note: appended to a stalled job's message (e.g. what the watchdog did to its process).
 
         Returns:
-            Ids of the jobs marked ``failed`` with message ``"lost: worker died"``.
+            Ids of the jobs marked ``failed``: ``"lost: worker died"`` when the pid is gone, else
+            ``"stalled: no heartbeat for N s (limit L s)"`` (plus ``stall_note``).
         """
         alive = alive or pid_alive
         lost: list[int] = []
         with self._write("job sweep"):
             now = self._clock()
-            cutoff = now - timedelta(seconds=stale_after_s)
             for row in self._rows("SELECT id, pid, heartbeat_at FROM jobs WHERE status = 'running' ORDER BY id"):
                 beat = row["heartbeat_at"]
-                stale = beat is None or datetime.fromisoformat(beat) < cutoff
-                dead = row["pid"] is not None and not alive(int(row["pid"]))
-                if stale or dead:
-                    self._exec(
-                        "UPDATE jobs SET status = 'failed', message = ?, finished_at = ? WHERE id = ?",
-                        [LOST_MESSAGE, self._now(), row["id"]],
-                    )
-                    lost.append(int(row["id"]))
+                age = None if beat is None else (now - datetime.fromisoformat(beat)).total_seconds()
+                if row["pid"] is not None and not alive(int(row["pid"])):
+                    message = LOST_MESSAGE
+                elif age is None or age > stale_after_s:
+                    shown = "ever" if age is None else f"{age:.0f} s"
+                    message = f"stalled: no heartbeat for {shown} (limit {stale_after_s:g} s)"
+                    message += f"; {stall_note}" if stall_note else ""
+                else:
+                    continue
+                self._exec(
+                    "UPDATE jobs SET status = 'failed', message = ?, finished_at = ? WHERE id = ?",
+                    [message, self._now(), row["id"]],
+                )
+                lost.append(int(row["id"]))
         return lost
 
     def _require_job(self, job_id: int) -> None:

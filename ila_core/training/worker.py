@@ -17,13 +17,12 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ..checkpoint import sweep_temp_files
 from ..config import BackboneConfig
-from ..store import LabelStore
+from ..store import LabelStore, pid_alive
 from .feature_cache import FeatureCache
 from .jobs import JOB_KIND, default_store_path, enqueue_training, job_params, parse_job_params
 from .runner import EventCallback, RunOutcome, run_training
@@ -85,7 +84,6 @@ class Worker:
     def startup_sweep(self) -> list[int]:
         """Fail jobs whose worker died (including ours before a restart); sweep temp files if nothing runs."""
         me = os.getpid()
-        from ..store import pid_alive
 
         with LabelStore.open(self.store_path) as store:
             # No trainer of this process exists yet, so a 'running' job carrying our pid is a leftover (pid reuse).
@@ -158,25 +156,23 @@ class Worker:
     def watchdog(self) -> list[int]:
         """Fail running jobs whose heartbeat stalled or whose worker died; kill our child if it stalled (FLT-19).
 
-        A stalled job ends ``failed`` with a message naming the stall. Our own stalled child is killed (and
-        reaped) *before* the job is marked, because a frozen child may hold the store's write lock.
+        Our own stalled child is killed (and reaped) *before* the jobs are marked, because a frozen child may
+        hold the store's write lock.
         """
-        with LabelStore.open(self.store_path, quick_check=False) as store:
-            job = store.active_job()  # one queued or running job at a time (CON-08)
-        age = _heartbeat_age_s(job) if job is not None and job["status"] == "running" else None
-        stalled = age is not None and age > self.stale_after_s
         child = self._child
-        killed = stalled and child is not None and job["pid"] == child.pid and child.is_alive()
+        with LabelStore.open(self.store_path, quick_check=False) as store:
+            stalled = store.stalled_jobs(stale_after_s=self.stale_after_s)
+        killed = child is not None and child.is_alive() and any(j["pid"] == child.pid for j in stalled)
         if killed:
-            _logger.warning("watchdog: killing stalled training process %d (job %d)", child.pid, job["id"])
+            _logger.warning("watchdog: killing stalled training process %d", child.pid)
             child.kill()
             child.join(5.0)  # reap it, so its pid is gone and its store locks are released
-        lost: list[int] = []
+        reaped = child.pid if killed else None  # its job stalled; the pid is gone only because we killed it
+        note = "training process killed by the watchdog" if killed else None
         with LabelStore.open(self.store_path, quick_check=False) as store:
-            message = _stall_message(age, self.stale_after_s, killed) if stalled else None
-            if stalled and store.finish_job(job["id"], "failed", message=message):
-                lost.append(int(job["id"]))
-            lost += store.mark_lost_jobs(stale_after_s=self.stale_after_s)
+            lost = store.mark_lost_jobs(
+                stale_after_s=self.stale_after_s, alive=lambda pid: pid == reaped or pid_alive(pid), stall_note=note
+            )
         if lost:
             _logger.warning("watchdog: jobs %s stalled or lost their worker; marked failed", lost)
         return lost
@@ -272,19 +268,6 @@ def worker_main(
             worker._stop.wait(poll_s)
     last = worker.last_outcome
     return 1 if last is not None and last.status == "failed" else 0
-
-
-def _heartbeat_age_s(job: dict[str, Any]) -> float | None:
-    """Seconds since a job's last heartbeat (store timestamps are timezone-aware UTC ISO strings)."""
-    beat = job.get("heartbeat_at")
-    if not beat:
-        return None
-    return (datetime.now(UTC) - datetime.fromisoformat(beat)).total_seconds()
-
-
-def _stall_message(age_s: float, limit_s: float, killed: bool) -> str:
-    what = "training process killed" if killed else "its training thread is abandoned"
-    return f"stalled: no heartbeat for {age_s:.0f} s (limit {limit_s:g} s); {what} by the watchdog"
 
 
 def _watch_flag(flag: Any, stop: threading.Event, interval_s: float = 0.2) -> None:
