@@ -2,11 +2,10 @@
 
 In eval mode each BatchNorm is a fixed per-channel affine map, so it folds exactly into the linear map
 before it (``norm1`` into ``down``, ``norm2`` into ``dwconv``, ``norm3`` into both ``pwconv`` and
-``prefix_proj``, whose outputs it normalises). The fused forward also keeps the tokens channels-last
-throughout (the grids are channels-last views of the tokens, which the depth-wise convs take without a
-layout copy, and the point-wise conv becomes a linear map on tokens) and adds the residual in place, so it runs about half the small ops of
-:class:`ILAdapter` — what matters at batch 1 on a CPU, where an adapter's cost is per-op overhead, not
-arithmetic. Outputs equal the eval-mode :class:`ILAdapter` up to float rounding (a test checks 1e-5).
+``prefix_proj``, whose outputs it normalises). The fused forward also keeps the grids as channels-last
+views of the tokens, which the depth-wise convs take without a layout copy, turns the point-wise conv into a
+linear map on tokens and adds the residual in place: about half the small ops of :class:`ILAdapter`. Outputs
+equal the eval-mode :class:`ILAdapter` up to float rounding (a test checks 1e-5).
 
 Fused adapters are for serving: their tensors are buffers, not parameters, and ``train()`` refuses.
 """
@@ -30,7 +29,7 @@ _logger = logging.getLogger(__name__)
 def _affine(norm: nn.Module, channels: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(scale, shift) of an eval-mode BatchNorm or Identity; None for anything that does not fold (LayerNorm)."""
     if isinstance(norm, nn.Identity):
-        return torch.ones(channels, dtype=like.dtype, device=like.device), torch.zeros_like(like[:channels, 0])
+        return like.new_ones(channels), like.new_zeros(channels)
     if isinstance(norm, (TokenBatchNorm, nn.BatchNorm2d)) and norm.track_running_stats and norm.running_var is not None:
         scale = torch.rsqrt(norm.running_var + norm.eps)
         if norm.affine:
@@ -43,7 +42,7 @@ def _affine(norm: nn.Module, channels: int, like: torch.Tensor) -> tuple[torch.T
 
 
 def _bias(layer: nn.Module, channels: int, like: torch.Tensor) -> torch.Tensor:
-    return layer.bias if layer.bias is not None else torch.zeros(channels, dtype=like.dtype, device=like.device)
+    return layer.bias if layer.bias is not None else like.new_zeros(channels)
 
 
 class FusedILAdapter(nn.Module):

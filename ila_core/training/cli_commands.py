@@ -165,17 +165,16 @@ def _load(args: argparse.Namespace):
     from .versions import checkpoint_path
     from .worker import default_store_path
 
-    if args.checkpoint is not None:
-        built, manifest = load_built(args.checkpoint, args.data_dir, device=args.device)
-        fuse_for_inference(built.model)
-        return None, built, manifest
-    with LabelStore.open(default_store_path(args.data_dir)) as store:
-        version = store.model_version(args.version) if args.version is not None else store.active_version()
-    if version is None:
-        raise ValueError("no active model version: train one first (python -m ila_core train)")
-    built, manifest = load_built(checkpoint_path(args.data_dir, version), args.data_dir, device=args.device)
+    version_id, path = None, args.checkpoint
+    if path is None:
+        with LabelStore.open(default_store_path(args.data_dir)) as store:
+            version = store.model_version(args.version) if args.version is not None else store.active_version()
+        if version is None:
+            raise ValueError("no active model version: train one first (python -m ila_core train)")
+        version_id, path = version["id"], checkpoint_path(args.data_dir, version)
+    built, manifest = load_built(path, args.data_dir, device=args.device)
     fuse_for_inference(built.model)
-    return version["id"], built, manifest
+    return version_id, built, manifest
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:

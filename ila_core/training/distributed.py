@@ -26,7 +26,15 @@ from ..store import LabelStore
 from .fit import DistContext
 from .worker import RunOutcome, Worker, job_params, run_training
 
-__all__ = ["DistContext", "choose_backend", "init_from_env", "launched_by_torchrun", "broadcast_object", "run_job_distributed", "cleanup"]
+__all__ = [
+    "DistContext",
+    "broadcast_object",
+    "choose_backend",
+    "cleanup",
+    "init_from_env",
+    "launched_by_torchrun",
+    "run_job_distributed",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -49,12 +57,12 @@ def choose_backend(local_world_size: int) -> str:
         return forced
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpus and local_world_size > gpus:
-        _logger.warning("%d local ranks but %d GPU(s): using gloo (nccl needs one GPU per rank)", local_world_size, gpus)
+        _logger.warning("%d local ranks, %d GPU(s): using gloo (nccl needs one GPU per rank)", local_world_size, gpus)
     return "nccl" if gpus and local_world_size <= gpus else "gloo"
 
 
 def init_from_env(timeout_s: float = 1800) -> DistContext | None:
-    """Join torchrun's process group (nccl when CUDA is available, else gloo); None for a single process."""
+    """Join torchrun's process group (backend: :func:`choose_backend`); None for a single process."""
     if not launched_by_torchrun():
         return None
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

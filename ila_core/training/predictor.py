@@ -108,9 +108,9 @@ class Predictor:
         """
         path = checkpoint_path(self.data_dir, version)
         built, manifest = load_built(path, self.data_dir, device=self.device)
-        fuse_for_inference(built.model)  # serving never trains this model: fold the adapters' BatchNorms
         if version.get("sha256") and manifest["tensors"]["sha256"] != version["sha256"]:
             raise CheckpointError(f"{path}: file hash differs from the hash recorded for version {version.get('id')}")
+        fuse_for_inference(built.model)  # serving never trains this model: fold the adapters' BatchNorms
         ratio = float((manifest.get("train_config") or {}).get("resize_ratio", 1.34))
         transform = eval_transform(preprocess_for(built.model, built.backbone.image_size, ratio))
         served = ServedModel(built, version.get("id"), list(manifest["class_names"]), transform, manifest)
