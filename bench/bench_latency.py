@@ -1,8 +1,7 @@
 """CPU (or GPU) inference latency of ILA vs the plain ViT, measured side by side in one run.
 
 Prints one JSON object per (backbone, image size, batch) with the latency ratio (median of per-round ratios,
-with quartiles) next to the MAC ratio, and
-writes ``bench/results/latency.json``. Weights are random: latency does not depend on their values.
+with quartiles) next to the MAC ratio, and writes ``bench/results/latency_<device>.json``. Weights are random: latency does not depend on their values.
 
     python -m bench.bench_latency [--quick] [--device cuda]
 """
@@ -12,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 
 import torch
 
@@ -29,10 +29,6 @@ CASES = [  # (backbone, image size, batch sizes)
     ("vit_base_patch16_224", 224, (1, 16)),
     ("vit_base_patch16_224", 448, (1, 16)),
 ]
-
-
-def _quantile(sorted_xs: list[float], q: float) -> float:
-    return sorted_xs[min(len(sorted_xs) - 1, round(q * (len(sorted_xs) - 1)))]
 
 
 def measure(name: str, size: int, batch: int, repeats: int, device: str) -> dict:
@@ -58,7 +54,7 @@ def measure(name: str, size: int, batch: int, repeats: int, device: str) -> dict
     plain, ila, unfused = median(times["linear"]), median(times["ila"]), median(times["ila_unfused"])
     # Ratios of the runs of one round (adjacent in time, same machine state), then their median and quartiles:
     # on a shared machine whose speed drifts by 25 % this is steadier than a ratio of two medians.
-    paired = {v: sorted(a / b for a, b in zip(times[v], times["linear"], strict=True)) for v in ("ila", "ila_unfused")}
+    paired = {v: [a / b for a, b in zip(times[v], times["linear"], strict=True)] for v in ("ila", "ila_unfused")}
     macs = {v: count_macs(models[v].cpu(), size) for v in ("linear", "ila_unfused")}
     return {
         "backbone": name,
@@ -68,7 +64,7 @@ def measure(name: str, size: int, batch: int, repeats: int, device: str) -> dict
         "ila_s": round(ila, 5),
         "ila_unfused_s": round(unfused, 5),
         "latency_ratio": round(median(paired["ila"]), 3),
-        "latency_ratio_q1_q3": [round(_quantile(paired["ila"], q), 3) for q in (0.25, 0.75)],
+        "latency_ratio_q1_q3": [round(q, 3) for q in statistics.quantiles(paired["ila"], n=4)[::2]],
         "latency_ratio_unfused": round(median(paired["ila_unfused"]), 3),
         "mac_ratio": round(macs["ila_unfused"] / macs["linear"], 3),
         "images_per_s_ila": round(batch / ila, 2),
