@@ -1,21 +1,4 @@
 """Data: synthetic leaf cultivars, importers and exporters (see each module)."""
 
-from .synthetic import (
-    CultivarTraits,
-    SyntheticConfig,
-    cultivar_names,
-    cultivar_traits,
-    generate,
-    render_leaf,
-    write_demo_set,
-)
-
-__all__ = [
-    "CultivarTraits",
-    "SyntheticConfig",
-    "cultivar_names",
-    "cultivar_traits",
-    "generate",
-    "render_leaf",
-    "write_demo_set",
-]
+from .synthetic import *  # noqa: F403 - the package re-exports the synthetic generator's public names
+from .synthetic import __all__ as __all__
