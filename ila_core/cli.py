@@ -74,8 +74,10 @@ def _optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     adders = []
     for module, names in (
         ("ila_core.data.cli_commands", ("add_import_parser", "add_export_parser", "add_seed_parser")),
-        ("ila_core.training.cli_commands", ("add_train_parser", "add_eval_parser", "add_predict_parser",
-                                            "add_reproduce_parser", "add_worker_parser")),
+        ("ila_core.jobs.cli_commands", ("add_train_parser",)),
+        ("ila_core.serving.cli_commands", ("add_eval_parser", "add_predict_parser")),
+        ("ila_core.training.cli_commands", ("add_reproduce_parser",)),
+        ("ila_core.jobs.cli_commands", ("add_worker_parser",)),
         ("ila_core.analysis.cli_commands", ("add_cka_parser",)),
     ):  # fmt: skip
         try:

@@ -56,8 +56,8 @@ def test_training_runs_on_cuda_in_fp16_autocast(data, name):
 def test_predictor_on_cuda_matches_cpu(tmp_path):
     """A published version served on the GPU gives the CPU's top-1 and probabilities within fp32 noise."""
     from ila_core.checkpoint import build_reproducible
-    from ila_core.training.predictor import Predictor
-    from ila_core.training.versions import publish_version
+    from ila_core.serving.predictor import Predictor
+    from ila_core.serving.versions import publish_version
 
     with LabelStore.open(tmp_path / "ila.db") as store:
         built = build_reproducible(TINY, METHOD, 3)

@@ -44,7 +44,7 @@ _SCRIPT = textwrap.dedent(
     from ila_core.adapters import adapter_state_dict
     from ila_core.store import LabelStore
     from ila_core.training.dataset import snapshot
-    from ila_core.training.distributed import cleanup, init_from_env, run_job_distributed
+    from ila_core.jobs.distributed import cleanup, init_from_env, run_job_distributed
     from ila_core.training.fit import fit, prepare_model
     from tests.test_ddp import METHOD, PER_RANK_BATCH, TINY, _config
 
@@ -124,7 +124,7 @@ def test_only_rank_zero_writes_the_store(ddp_run):
 )
 def test_backend_is_nccl_only_with_a_gpu_per_local_rank(monkeypatch, gpus, local_world, forced, expected):
     """NCCL refuses two ranks on one GPU: more local ranks than GPUs falls back to gloo."""
-    from ila_core.training import distributed
+    from ila_core.jobs import distributed
 
     monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: gpus > 0)
     monkeypatch.setattr(distributed.torch.cuda, "device_count", lambda: gpus)
@@ -136,7 +136,7 @@ def test_backend_is_nccl_only_with_a_gpu_per_local_rank(monkeypatch, gpus, local
 
 
 def test_forced_backend_must_be_known(monkeypatch):
-    from ila_core.training import distributed
+    from ila_core.jobs import distributed
 
     monkeypatch.setenv("ILA_DIST_BACKEND", "mpi")
     with pytest.raises(ValueError, match="ILA_DIST_BACKEND must be nccl or gloo"):

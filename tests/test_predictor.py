@@ -15,9 +15,10 @@ from ila_core.adapters import ILAConfig
 from ila_core.checkpoint import CheckpointError, build_reproducible
 from ila_core.config import BackboneConfig
 from ila_core.store import LabelStore
-from ila_core.training.predictor import NoActiveModel, Predictor
+from ila_core.serving.predictor import NoActiveModel, Predictor
 from ila_core.training.toydata import toy_image
-from ila_core.training.versions import checkpoint_path, promote, publish_version, rollback
+from ila_core.serving.paths import checkpoint_path
+from ila_core.serving.versions import promote, publish_version, rollback
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

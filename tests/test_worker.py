@@ -18,8 +18,9 @@ from ila_core.config import BackboneConfig
 from ila_core.store import LOST_MESSAGE, JobBusy, LabelStore, pid_alive
 from ila_core.training import fit as fit_module
 from ila_core.training.toydata import add_toy_images, write_toy_store
-from ila_core.training.versions import checkpoint_path, promote, rollback, should_promote
-from ila_core.training.worker import Worker, enqueue_training, job_params, run_training
+from ila_core.serving.paths import checkpoint_path
+from ila_core.serving.versions import promote, rollback, should_promote
+from ila_core.jobs.worker import Worker, enqueue_training, job_params, run_training
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -235,7 +236,7 @@ def test_job_params_are_validated_when_queued():
 
 _CHILD_ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
               "CUDA_VISIBLE_DEVICES": ""}  # children take the CPU path, as in CI, also on a GPU machine
-_WORKER = "from ila_core.training.worker import worker_main; import sys; sys.exit(worker_main(sys.argv[1], once=True))"
+_WORKER = "from ila_core.jobs.worker import worker_main; import sys; sys.exit(worker_main(sys.argv[1], once=True))"
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:

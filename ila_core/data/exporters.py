@@ -36,7 +36,7 @@ from urllib.parse import quote
 
 from ..store import LabelStore
 from .archive import write_atomic
-from .importers import DB_NAME
+from ..store import DB_NAME
 
 __all__ = ["export", "EXPORT_FORMATS", "neutralise_cell", "folder_name", "LABEL_STUDIO_PREFIX"]
 

@@ -43,7 +43,7 @@ from ..images import (
     safe_stored_name,
     storage_extension,
 )
-from ..store import LabelStore, StoreError
+from ..store import DB_NAME, LabelStore, StoreError
 from ..store.validation import check_label
 from .archive import ArchiveRefused, ZipLimits, extract_zip, write_atomic
 from .layouts import FORMATS, PlannedFile, detect_layout, plan, ufg_label
@@ -52,7 +52,6 @@ __all__ = ["ImportResult", "ZipLimits", "import_path", "detect_layout", "summari
 
 _logger = logging.getLogger(__name__)
 
-DB_NAME = "ila.db"
 
 Status = Literal["imported", "duplicate", "rejected"]
 

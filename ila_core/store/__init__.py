@@ -22,9 +22,12 @@ from .jobs import LOST_MESSAGE, pid_alive
 from .label_store import LabelStore
 from .labels import NOT_GIVEN, LabelledItem, LabelResult, replay
 from .migrations import migrations
+from .paths import DB_NAME, default_store_path
 
 __all__ = [
     "LabelStore",
+    "DB_NAME",
+    "default_store_path",
     "LabelResult",
     "LabelledItem",
     "NOT_GIVEN",

@@ -1,6 +1,7 @@
-"""Training: recipe, data from store snapshots, loop, metrics, feature cache, jobs, versions, serving, DDP.
+"""Training: recipe presets, data from store snapshots, schedule, loop, metrics, frozen-prefix cache, DDP helpers.
 
-Import submodules directly for the heavier pieces (``worker``, ``predictor``, ``distributed``, ``reproduce``).
+Import submodules directly for the heavier pieces (``fit``, ``reproduce``). Jobs live in :mod:`ila_core.jobs`,
+serving and model versions in :mod:`ila_core.serving`.
 """
 
 from __future__ import annotations

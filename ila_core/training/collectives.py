@@ -1,6 +1,6 @@
 """A process's place in a DistributedDataParallel run and the collectives training needs (device, all-reduce).
 
-The process group itself is set up by :mod:`ila_core.training.distributed`.
+The process group itself is set up by :mod:`ila_core.jobs.distributed`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ __all__ = ["DistContext"]
 
 @dataclass(frozen=True)
 class DistContext:
-    """This process's place in a DistributedDataParallel run (see :mod:`ila_core.training.distributed`)."""
+    """This process's place in a DistributedDataParallel run (see :mod:`ila_core.jobs.distributed`)."""
 
     rank: int
     world_size: int

@@ -1,7 +1,7 @@
 """Models tab: every adapter version with its holdout metrics, what changed against the active one, promote, roll back.
 
 Promotion and rollback are admin actions checked inside the handlers. Both go through
-:mod:`ila_core.training.versions` with the serving predictor, so the new model is built and validated before
+:mod:`ila_core.serving.versions` with the serving predictor, so the new model is built and validated before
 the store marks it active; a version that fails validation is never served.
 """
 
@@ -14,7 +14,7 @@ import gradio as gr
 import numpy as np
 
 from ..analysis.figures import confusion_figure
-from ..training import versions as versions_lib
+from ..serving import versions as versions_lib
 from .compare import diff_versions
 from .errors import UserFacing, guarded
 from .studio import Studio

@@ -21,7 +21,7 @@ from typing import Any, Self
 import gradio as gr
 
 from ..config import AppConfig
-from ..store import JobBusy, LabelStore
+from ..store import DB_NAME, JobBusy, LabelStore
 from .auth import Users
 from .errors import UserFacing
 from .media import ThumbnailCache
@@ -32,7 +32,6 @@ __all__ = ["DB_NAME", "GRADIO_TMP", "LOCAL_USER", "StartupStatus", "Studio"]
 
 _logger = logging.getLogger(__name__)
 
-DB_NAME = "ila.db"
 GRADIO_TMP = "gradio-tmp"  # Gradio's upload/cache folder inside the data dir (GRADIO_TEMP_DIR)
 LOCAL_USER = "local"  # who acts when the app runs without login (loopback only)
 _SCORE_IN_BACKGROUND = 1000  # newest images scored after each model switch
@@ -110,7 +109,7 @@ class Studio:
         self.close()
 
     def _start_worker(self) -> None:
-        from ..training.worker import Worker
+        from ..jobs.worker import Worker
 
         self.worker = Worker(
             self.data_dir,
@@ -226,7 +225,7 @@ class Studio:
 
     def job_params(self, **train_overrides: Any) -> dict[str, Any]:
         """Parameters of a retrain job with this studio's backbone, method and recipe (plus overrides)."""
-        from ..training.worker import job_params
+        from ..jobs.worker import job_params
 
         overrides = dict(self.options.train_overrides) | {k: v for k, v in train_overrides.items() if v is not None}
         locations = self.options.ds_locations or _SMALL_MODEL_LOCATIONS.get(self.options.backbone.name.split(".")[0])
@@ -241,7 +240,7 @@ class Studio:
 
     def enqueue_training(self, store: LabelStore, *, user: str, **train_overrides: Any) -> int:
         """Queue a retrain; raises JobBusy when one is queued or running."""
-        from ..training.worker import JOB_KIND
+        from ..jobs.worker import JOB_KIND
 
         return store.enqueue_job(JOB_KIND, self.job_params(**train_overrides), user=user)
 

@@ -1,6 +1,6 @@
 """The app's side of serving: predictions, explanations and exemplar retrieval around one ``Predictor``.
 
-:class:`~ila_core.training.predictor.Predictor` owns the served model and swaps versions by replacing one
+:class:`~ila_core.serving.predictor.Predictor` owns the served model and swaps versions by replacing one
 reference. Explanations edit a model temporarily (hooks, a swapped last block), so they run on a separate
 instance of the served version, rebuilt from its checkpoint and sharing the frozen tensors, one at a time
 behind a lock. Exemplars ("nearest confirmed images of each candidate") come from the predictor's frozen

@@ -99,7 +99,7 @@ class ExplanationsMixin:
             return self._explainer[1]
         from ...checkpoint import load_built
         from ...training.fit import share_frozen_weights
-        from ...training.versions import checkpoint_path
+        from ...serving.paths import checkpoint_path
 
         with LabelStore.open(self.db_path, quick_check=False) as store:
             version = store.model_version(served.version_id)

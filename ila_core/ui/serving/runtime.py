@@ -55,7 +55,7 @@ class ModelRuntime(ExplanationsMixin, ExemplarsMixin):
         """The training package's Predictor (created on first use)."""
         with self._init_lock:
             if self._predictor is None:
-                from ...training.predictor import Predictor
+                from ...serving.predictor import Predictor
 
                 with LabelStore.open(self.db_path, quick_check=False) as store:
                     self._predictor = Predictor.from_store(self.data_dir, store)

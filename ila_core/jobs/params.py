@@ -13,17 +13,11 @@ from typing import Any
 from ..adapters import MethodConfig, method_config
 from ..config import BackboneConfig
 from ..store import LabelStore
-from .config import TrainConfig, preset
-from .versions import DB_NAME
+from ..training.config import TrainConfig, preset
 
-__all__ = ["JOB_KIND", "default_store_path", "job_params", "parse_job_params", "enqueue_training"]
+__all__ = ["JOB_KIND", "job_params", "parse_job_params", "enqueue_training"]
 
 JOB_KIND = "train"
-
-
-def default_store_path(data_dir: Path) -> Path:
-    """``<data_dir>/ila.db``."""
-    return Path(data_dir) / DB_NAME
 
 
 def job_params(

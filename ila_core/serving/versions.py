@@ -3,7 +3,7 @@
 A version is a checkpoint under ``<data_dir>/adapters/`` plus a ``model_versions`` row holding its path,
 sha256, manifest, holdout metrics, parent version and data snapshot. The store keeps exactly one version
 active and records every switch, so "rollback" is "activate an older version with reason rollback".
-Serving follows the store: :class:`~ila_core.training.predictor.Predictor` builds and validates the new
+Serving follows the store: :class:`~ila_core.serving.predictor.Predictor` builds and validates the new
 model before swapping, and these functions take an optional predictor so the swap happens first and a
 version that fails validation is never marked active.
 """
@@ -20,15 +20,12 @@ from typing import TYPE_CHECKING, Any
 from ..backbone import BuiltModel
 from ..checkpoint import CheckpointInfo, check_state, save_checkpoint, verify_files
 from ..store import LabelStore
+from .paths import adapters_dir, checkpoint_path
 
 if TYPE_CHECKING:
     from .predictor import Predictor
 
 __all__ = [
-    "ADAPTERS_DIR",
-    "DB_NAME",
-    "adapters_dir",
-    "checkpoint_path",
     "publish_version",
     "should_promote",
     "promote",
@@ -37,19 +34,6 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
-
-ADAPTERS_DIR = "adapters"
-DB_NAME = "ila.db"
-
-
-def adapters_dir(data_dir: Path) -> Path:
-    """Where checkpoints live: ``<data_dir>/adapters``."""
-    return Path(data_dir) / ADAPTERS_DIR
-
-
-def checkpoint_path(data_dir: Path, version: Mapping[str, Any]) -> Path:
-    """Absolute checkpoint path of a ``model_versions`` row (its path is relative to the data directory)."""
-    return Path(data_dir) / version["path"]
 
 
 def publish_version(

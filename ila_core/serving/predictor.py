@@ -37,9 +37,9 @@ from ..backbone import BuiltModel
 from ..checkpoint import CheckpointError, build_reproducible, load_built
 from ..config import BackboneConfig
 from ..store import LabelStore
-from .fit import share_frozen_weights
-from .transforms import eval_transform, preprocess_for
-from .versions import checkpoint_path
+from ..training.model_setup import share_frozen_weights
+from ..training.transforms import eval_transform, preprocess_for
+from .paths import checkpoint_path
 
 __all__ = ["NoActiveModel", "ServedModel", "Predictor"]
 

@@ -19,11 +19,11 @@ from typing import Any
 
 from ..config import BackboneConfig
 from ..store import LabelStore, StoreError
-from .dataset import snapshot
-from .feature_cache import FeatureCache
-from .fit import DistContext, fit, prepare_model, share_frozen_weights
-from .jobs import parse_job_params
-from .versions import promote, publish_version, should_promote
+from ..serving.versions import promote, publish_version, should_promote
+from ..training.dataset import snapshot
+from ..training.feature_cache import FeatureCache
+from ..training.fit import DistContext, fit, prepare_model, share_frozen_weights
+from .params import parse_job_params
 
 __all__ = ["RunOutcome", "EventCallback", "run_training"]
 

@@ -23,8 +23,10 @@ import torch
 import torch.distributed as tdist
 
 from ..store import LabelStore
-from .fit import DistContext
-from .worker import RunOutcome, Worker, job_params, run_training
+from ..training.collectives import DistContext
+from .params import job_params
+from .runner import RunOutcome, run_training
+from .worker import Worker
 
 __all__ = [
     "DistContext",
@@ -98,7 +100,7 @@ def run_job_distributed(data_dir: Path, dist: DistContext, *, store_path: Path |
         dist: from :func:`init_from_env`.
         store_path: defaults to ``<data_dir>/ila.db``.
         user: recorded on the job.
-        **params: :func:`~ila_core.training.worker.job_params` arguments.
+        **params: :func:`~ila_core.jobs.worker.job_params` arguments.
 
     Raises:
         JobBusy: (every rank) another job is queued or running.

@@ -22,11 +22,11 @@ from typing import Any
 
 from ..checkpoint import sweep_temp_files
 from ..config import BackboneConfig
-from ..store import LabelStore, pid_alive
-from .feature_cache import FeatureCache
-from .jobs import JOB_KIND, default_store_path, enqueue_training, job_params, parse_job_params
+from ..serving.paths import adapters_dir
+from ..store import LabelStore, default_store_path, pid_alive
+from ..training.feature_cache import FeatureCache
+from .params import JOB_KIND, enqueue_training, job_params, parse_job_params
 from .runner import EventCallback, RunOutcome, run_training
-from .versions import adapters_dir
 
 __all__ = ["Worker", "worker_main", "run_training", "RunOutcome", "enqueue_training", "job_params",
            "parse_job_params", "default_store_path", "JOB_KIND"]  # fmt: skip
