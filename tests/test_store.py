@@ -65,13 +65,13 @@ class _Clock:
 
 
 def test_migrations_idempotent(tmp_path: Path):
-    """Opening the same file twice applies 0001_initial once and keeps the data."""
+    """Opening the same file twice applies every migration once and keeps the data."""
     path = tmp_path / "ila.db"
     with LabelStore.open(path) as first:
         image_id = _add(first, 1)
     with LabelStore.open(path) as second:
         applied = [m.name for m in migrations.applied(second.db)]
-        assert applied == ["0001_initial"]
+        assert applied == ["0001_initial", "0002_version_kind"]
         assert second.image(image_id)["sha256"] == _sha(1)
         assert migrations.pending(second.db) == []
 
@@ -486,3 +486,18 @@ def test_cancel_queued_job_is_immediate(store: LabelStore):
     store.request_cancel(job_id)
     assert store.job(job_id)["status"] == "cancelled"
     assert store.claim_job("worker-1", 1) is None
+
+
+def test_model_version_kind_and_note(tmp_path):
+    """Versions record how they were made (probe / ila / baseline) and why a kept one is not served."""
+    with LabelStore.open(tmp_path / "ila.db") as store:
+        vid = store.add_model_version(path="adapters/a.safetensors", sha256="0" * 64, manifest={}, metrics={},
+                                      parent_id=None, snapshot_event_id=0, job_id=None, kind="probe")  # fmt: skip
+        default = store.add_model_version(path="adapters/b.safetensors", sha256="1" * 64, manifest={}, metrics={},
+                                          parent_id=None, snapshot_event_id=0, job_id=None)  # fmt: skip
+        assert store.model_version(vid)["kind"] == "probe" and store.model_version(default)["kind"] == "ila"
+        store.set_version_note(default, "kept: holdout top-1 0.40 below the probe's 0.85")
+        assert store.model_version(default)["note"].startswith("kept:")
+        with pytest.raises(ValueError, match="kind"):
+            store.add_model_version(path="adapters/c.safetensors", sha256="2" * 64, manifest={}, metrics={},
+                                    parent_id=None, snapshot_event_id=0, job_id=None, kind="magic")  # fmt: skip

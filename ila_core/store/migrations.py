@@ -185,6 +185,16 @@ def m0001_initial(db: Database) -> None:
     _run_script(db, _INITIAL)
 
 
+@migrations(name="0002_version_kind")
+def m0002_version_kind(db: Database) -> None:
+    """Model versions say how they were made (``probe``: closed-form head on frozen embeddings; ``ila``: adapters
+    trained by SGD; ``baseline``: another PETL method) and why a kept version was not served."""
+    _run_script(db, """
+ALTER TABLE model_versions ADD COLUMN kind TEXT NOT NULL DEFAULT 'ila' CHECK (kind IN ('probe', 'ila', 'baseline'));
+ALTER TABLE model_versions ADD COLUMN note TEXT;
+""")
+
+
 def _run_script(db: Database, script: str) -> None:
     # Statement by statement inside the migration's transaction: sqlite3's executescript() would
     # COMMIT first (sqlite-utils avoids that too, but re-joins the script once per character).

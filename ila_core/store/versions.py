@@ -16,9 +16,10 @@ from .base import StoreBase, load_json_columns
 from .errors import UnknownImage, UnknownJob, UnknownVersion
 from .validation import check_rel_path, check_sha256, check_user, dump_json
 
-__all__ = ["VersionsMixin", "ACTIONS"]
+__all__ = ["VersionsMixin", "ACTIONS", "KINDS"]
 
 ACTIONS = ("promote", "rollback")
+KINDS = ("probe", "ila", "baseline")  # closed-form head; ILA adapters; another PETL method
 
 
 class VersionsMixin(StoreBase):
@@ -34,6 +35,7 @@ class VersionsMixin(StoreBase):
         parent_id: int | None,
         snapshot_event_id: int,
         job_id: int | None,
+        kind: str = "ila",
     ) -> int:
         """Record a trained checkpoint as a 'candidate' version.
 
@@ -45,12 +47,15 @@ class VersionsMixin(StoreBase):
             parent_id: version the training started from, if any.
             snapshot_event_id: last label event the training set included.
             job_id: the job that produced it, if any.
+            kind: ``probe``, ``ila`` or ``baseline`` (see :data:`KINDS`).
 
         Returns:
             The new version id.
         """
         path, sha256 = check_rel_path(path), check_sha256(sha256)
         manifest_json, metrics_json = dump_json(manifest, "manifest"), dump_json(metrics, "metrics")
+        if kind not in KINDS:
+            raise ValueError(f"unknown model version kind {kind!r} (expected one of {', '.join(KINDS)})")
         if int(snapshot_event_id) < 0:
             raise ValueError(f"snapshot_event_id must be >= 0, got {snapshot_event_id}")
         with self._write("model version"):
@@ -60,10 +65,19 @@ class VersionsMixin(StoreBase):
                 raise UnknownJob(f"unknown job id {job_id!r}")
             cursor = self._exec(
                 """INSERT INTO model_versions (parent_id, path, sha256, manifest, metrics, snapshot_event_id,
-                       job_id, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'candidate', ?)""",
-                [parent_id, path, sha256, manifest_json, metrics_json, int(snapshot_event_id), job_id, self._now()],
+                       job_id, status, kind, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'candidate', ?, ?)""",
+                [parent_id, path, sha256, manifest_json, metrics_json, int(snapshot_event_id), job_id, kind,
+                 self._now()],
             )
             return int(cursor.lastrowid)
+
+    def set_version_note(self, version_id: int, note: str | None) -> None:
+        """Say why a version is (not) served, e.g. "kept: holdout top-1 0.62 below the probe's 0.85"."""
+        if note is not None and (not isinstance(note, str) or len(note) > 2000):
+            raise ValueError("a version note must be a string of at most 2000 characters")
+        with self._write("version note"):
+            self._require_version(version_id)
+            self._exec("UPDATE model_versions SET note = ? WHERE id = ?", [note, version_id])
 
     def model_version(self, version_id: int) -> dict[str, Any]:
         """One version with ``manifest`` and ``metrics`` parsed; raises UnknownVersion."""
