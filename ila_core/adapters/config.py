@@ -102,12 +102,14 @@ class VPTConfig:
 
     num_prompts: int = 100
     deep: bool = False
-    dropout: float = 0.0
+    dropout: float = 0.0  # on the prompt tokens in train mode; the "vpt-deep" variant uses the paper's 0.1
     train_cls_token: bool = True
 
     def __post_init__(self) -> None:
         if self.num_prompts < 1:
             raise ValueError(f"num_prompts must be >= 1, got {self.num_prompts}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ VARIANTS: dict[str, MethodConfig] = {
     "adapter": ParallelAdapterConfig(kind="adapter"),
     "convpass": ParallelAdapterConfig(kind="convpass"),
     "vpt-shallow": VPTConfig(deep=False),
-    "vpt-deep": VPTConfig(deep=True),
+    "vpt-deep": VPTConfig(deep=True, dropout=0.1),  # official code: each block's prompts get the 0.1 hidden dropout
     "full": FullFinetuneConfig(),
 }
 

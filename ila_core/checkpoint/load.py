@@ -104,6 +104,10 @@ def verify_files(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     return manifest, state
 
 
+# manifests written before these fields existed were built with timm's behaviour, whatever the backbone
+_PREPARATION_DEFAULTS = {"normalization": "timm", "pos_embed_resize": "timm"}
+
+
 def manifest_backbone(manifest: Mapping[str, Any]) -> BackboneConfig:
     """The :class:`BackboneConfig` a manifest was trained with."""
     b = manifest["backbone"]
@@ -114,6 +118,7 @@ def manifest_backbone(manifest: Mapping[str, Any]) -> BackboneConfig:
             image_size=int(b["image_size"]),
             weights=b.get("weights", "default"),
             weights_file=Path(weights_file) if weights_file else None,
+            **{k: b.get(k, v) for k, v in _PREPARATION_DEFAULTS.items()},
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"manifest backbone entry is invalid: {exc}") from None
@@ -122,8 +127,8 @@ def manifest_backbone(manifest: Mapping[str, Any]) -> BackboneConfig:
 def check_backbone(manifest: Mapping[str, Any], built: BuiltModel, *, fingerprint: str | None = None) -> None:
     """The backbone a checkpoint was trained on must be the one it is loaded into.
 
-    Name and image size must match; the weight-file sha256 must match when the manifest has one, otherwise the
-    fingerprint of the frozen tensors must (random init, hub weights).
+    Name, image size, input normalisation and position-grid resize must match; the weight-file sha256 must match
+    when the manifest has one, otherwise the fingerprint of the frozen tensors must (random init, hub weights).
 
     Raises:
         CheckpointError: naming what differs.
@@ -133,6 +138,10 @@ def check_backbone(manifest: Mapping[str, Any], built: BuiltModel, *, fingerprin
         raise CheckpointError(f"checkpoint is for backbone {b.get('name')!r}, not {built.backbone.name!r}")
     if int(b.get("image_size", -1)) != built.backbone.image_size:
         raise CheckpointError(f"checkpoint is for image size {b.get('image_size')}, not {built.backbone.image_size}")
+    for key, default in _PREPARATION_DEFAULTS.items():
+        if b.get(key, default) != getattr(built.backbone, key):
+            raise CheckpointError(f"checkpoint was trained with {key}={b.get(key, default)!r}, "
+                                  f"this backbone has {getattr(built.backbone, key)!r}")  # fmt: skip
     if b.get("weights_sha256"):
         if b["weights_sha256"] != built.weights_sha256:
             raise CheckpointError(

@@ -30,6 +30,8 @@ def _backbone_entry(built: BuiltModel, fingerprint: str) -> dict[str, Any]:
         "image_size": b.image_size,
         "weights": b.weights,
         "weights_file": None if b.weights_file is None else str(b.weights_file),
+        "normalization": b.normalization,
+        "pos_embed_resize": b.pos_embed_resize,
         "weights_sha256": built.weights_sha256,
         "fingerprint": fingerprint,
     }
