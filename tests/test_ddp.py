@@ -107,15 +107,15 @@ def test_two_processes_match_one_with_the_same_global_batch(ddp_run):
 
 
 def test_only_rank_zero_writes_the_store(ddp_run):
-    """A torchrun job: every rank trains, one job row and one version are written (by rank 0)."""
+    """A torchrun job: every rank trains, one job row and its versions (probe, then ILA) are written by rank 0."""
     ranks = [json.loads((ddp_run / f"job-rank{r}.json").read_text()) for r in range(WORLD)]
     assert ranks[0]["status"] == "succeeded" and ranks[0]["version"] is not None
     assert ranks[1]["version"] is None
     with LabelStore.open(ddp_run / "ila.db", quick_check=False) as store:
         assert [j["status"] for j in store.jobs()] == ["succeeded"]
-        assert len(store.model_versions()) == 1
-        assert store.job_metrics(1)[0]["epoch"] == 1
-    assert len(list((ddp_run / "adapters").glob("*.safetensors"))) == 1
+        assert sorted(v["kind"] for v in store.model_versions()) == ["ila", "probe"]
+        assert [r["epoch"] for r in store.job_metrics(1) if r["values"].get("phase") != "holdout"][0] == 1
+    assert len(list((ddp_run / "adapters").glob("*.safetensors"))) == 2
 
 
 @pytest.mark.parametrize(

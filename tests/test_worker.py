@@ -19,7 +19,8 @@ from ila_core.store import LOST_MESSAGE, JobBusy, LabelStore, pid_alive
 from ila_core.training import fit as fit_module
 from ila_core.training.toydata import add_toy_images, write_toy_store
 from ila_core.serving.paths import checkpoint_path
-from ila_core.serving.versions import promote, rollback, should_promote
+from ila_core.serving.promotion import Rival, decide
+from ila_core.serving.versions import promote, rollback
 from ila_core.jobs.worker import Worker, enqueue_training, job_params, run_training
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -39,8 +40,10 @@ def data_dir(tmp_path):
 def _enqueue(data_dir: Path, **train) -> int:
     train = {"epochs": 2, "batch_size": 8, "warmup_steps": 2, **train}
     method = train.pop("method_overrides", {"ds_locations": (1, 3)})
+    probe = train.pop("probe", False)  # these tests are about the trained stage; the probe stage has its own below
+    variant = train.pop("variant", "ila")
     with LabelStore.open(data_dir / "ila.db") as store:
-        return enqueue_training(store, variant="ila", backbone=TINY, method_overrides=method, **train)
+        return enqueue_training(store, variant=variant, backbone=TINY, method_overrides=method, probe=probe, **train)
 
 
 def _job(data_dir: Path, job_id: int) -> dict:
@@ -202,13 +205,18 @@ def test_watchdog_fails_a_hung_job_and_a_new_job_runs(data_dir, monkeypatch):
     assert _active(data_dir)["job_id"] == second  # the hung job published nothing when it woke up
 
 
-def test_should_promote_rule():
-    """Auto-promotion: none active, or holdout top-1 not worse."""
-    assert should_promote({"top1": 0.1}, None)
-    assert should_promote({"top1": 0.5}, {"metrics": {"top1": 0.5}})
-    assert not should_promote({"top1": 0.4}, {"metrics": {"top1": 0.5}})
-    assert not should_promote({}, {"metrics": {"top1": 0.5}})
-
+def test_promotion_rule():
+    """Serve only when top-1 and macro-F1 are at least every rival's on the same holdout; the first is served."""
+    probe = Rival("the probe (version 1)", {"top1": 0.85, "macro_f1": 0.84})
+    assert decide({"top1": 0.1}, [], has_active=False).promote
+    assert decide({"top1": 0.85, "macro_f1": 0.84}, [probe], has_active=True).promote
+    worse = decide({"top1": 0.17, "macro_f1": 0.05}, [probe], has_active=True)  # chance level
+    assert not worse.promote and "0.170" in worse.reason and "the probe (version 1)" in worse.reason
+    f1_drop = decide({"top1": 0.90, "macro_f1": 0.70}, [probe], has_active=True)
+    assert not f1_drop.promote and "macro-F1" in f1_drop.reason
+    assert not decide({}, [probe], has_active=True).promote  # no holdout: nothing to compare on
+    unknown = Rival("the served version 3", None, "version 3 does not know cultivar 'X'")
+    assert decide({"top1": 0.5, "macro_f1": 0.5}, [unknown], has_active=True).promote
 
 def test_promote_and_rollback_any_version(data_dir):
     """Explicit promote and rollback switch the active version and are recorded as events."""

@@ -59,10 +59,13 @@ def run_train(args: argparse.Namespace) -> int:
         progress.close()
         if dist is not None:
             cleanup()
-    metrics = outcome.metrics or {}
-    out = {"model_version": outcome.version_id, "job_id": outcome.job_id, "status": outcome.status,
-           "promoted": outcome.promoted, "message": outcome.message, "epochs": outcome.epochs,
-           "metrics": {k: metrics.get(k) for k in ("top1", "top5", "macro_f1", "loss", "count", "per_class_accuracy")}}  # fmt: skip
+    serving = outcome.serving or {}
+    metrics = serving.get("metrics") or {}
+    out = {"model_version": serving.get("version_id"), "kind": serving.get("kind"), "job_id": outcome.job_id,
+           "status": outcome.status, "message": outcome.message, "epochs": outcome.epochs,
+           "warnings": list(outcome.warnings),
+           "metrics": {k: metrics.get(k) for k in ("top1", "top5", "macro_f1", "loss", "count")},
+           "versions": [dict(v) for v in outcome.versions]}  # fmt: skip
     print_result(out, args.json)
     return 0 if outcome.status == "succeeded" else 1
 

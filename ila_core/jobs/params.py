@@ -26,21 +26,24 @@ def job_params(
     preset_name: str = "quick",
     backbone: BackboneConfig | None = None,
     method_overrides: Mapping[str, Any] | None = None,
+    probe: bool = True,
     **train_overrides: Any,
 ) -> dict[str, Any]:
     """JSON-ready parameters of a training job, validated now (ValueError) rather than in the worker.
 
     Args:
-        variant: method name (``ila``, ``ila+``, ``ila++``, ``adapter``, ...).
+        variant: method name (``ila``, ``ila+``, ``ila++``, ``adapter``, ...), or ``probe`` for the probe alone.
         preset_name: ``quick`` or ``paper``.
         backbone: defaults to the shipped DINOv2 ViT-S/14 at 224 px.
         method_overrides: fields of the method config (e.g. ``{"ds_locations": [1, 3]}`` for a 6-block ViT).
+        probe: publish a probe version first (seconds), the floor the trained version must beat to be served.
         **train_overrides: :class:`TrainConfig` fields (``epochs=5``, ``minutes=2``); None values are ignored.
     """
     b = backbone or BackboneConfig()
     params = {
         "variant": variant,
         "preset": preset_name,
+        "probe": bool(probe) or variant == "probe",
         "method_overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in (method_overrides or {}).items()},
         "train": {k: v for k, v in train_overrides.items() if v is not None},
         "backbone": {"name": b.name, "image_size": b.image_size, "weights": b.weights,
@@ -57,7 +60,9 @@ def parse_job_params(params: Mapping[str, Any]) -> tuple[BackboneConfig, MethodC
         if b.get("weights_file"):
             b["weights_file"] = Path(b["weights_file"])
         backbone = BackboneConfig(**b)
-        method = method_config(params.get("variant", "ila"), **dict(params.get("method_overrides") or {}))
+        variant = params.get("variant", "ila")
+        # the probe job trains nothing: its model is the frozen backbone plus a closed-form head
+        method = method_config("linear" if variant == "probe" else variant, **dict(params.get("method_overrides") or {}))
         config = preset(params.get("preset", "quick"), **dict(params.get("train") or {}))
     except TypeError as exc:  # unknown keyword in a stored job
         raise ValueError(f"invalid job parameters: {exc}") from None

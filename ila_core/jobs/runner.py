@@ -1,10 +1,14 @@
 """Run one claimed training job end to end, reporting through the store.
 
-``run_training`` trains on the job's label snapshot (CON-09), writes progress, heartbeats and per-epoch
-metrics to the store through its own connection, honours cancellation between batches, evaluates on the
-holdout split, publishes a checkpoint atomically, records a model version and auto-promotes it when holdout
-top-1 does not get worse. Every failure ends the job as ``failed`` with the error message (FLT-18); a job
-finished elsewhere meanwhile (watchdog, restart sweep) publishes nothing.
+``run_training`` works on the job's label snapshot (CON-09) in two stages. First the probe: the frozen
+embeddings (computed once per image, cached), a closed-form head, published as a ``probe`` version within
+seconds and served when it is at least as good as the active version on this holdout. Then the job's
+method (ILA by default) trains with progress, heartbeats and per-epoch metrics written through the job's own
+connection and cancellation honoured between batches; it is published as a version and served only when its
+holdout top-1 and macro-F1 are at least those of the probe and of the version active at the start, on the
+same holdout (:mod:`ila_core.serving.promotion`); otherwise it is kept with a note saying why. Every failure
+ends the job as ``failed`` with the error message (FLT-18); a job finished elsewhere meanwhile (watchdog,
+restart sweep) publishes nothing.
 """
 
 from __future__ import annotations
@@ -19,8 +23,12 @@ from typing import Any
 
 from ..config import BackboneConfig
 from ..store import LabelStore, StoreError
-from ..serving.versions import promote, publish_version, should_promote
-from ..training.dataset import snapshot
+from ..embeddings import EmbeddingStore, embeddings_dir
+from ..serving.holdout import holdout_key, metrics_on_holdout
+from ..serving.probe import fit_probe_version
+from ..serving.promotion import Decision, Rival, decide
+from ..serving.versions import promote, publish_version
+from ..training.dataset import TrainingSet, snapshot
 from ..training.feature_cache import FeatureCache
 from ..training.fit import DistContext, fit, prepare_model, share_frozen_weights
 from .params import parse_job_params
@@ -44,6 +52,9 @@ class RunOutcome:
     promoted: bool = False
     metrics: dict[str, Any] | None = None
     epochs: int = 0
+    versions: tuple[dict[str, Any], ...] = ()  # every version the job published: id, kind, metrics, promoted, note
+    warnings: tuple[str, ...] = ()  # why the result may be weak (e.g. the time budget cut training)
+    serving: dict[str, Any] | None = None  # the version served after the job: version_id, kind, metrics (this holdout)
 
 
 class _Reporter:
@@ -128,6 +139,7 @@ def run_training(
     share_from: Callable[[BackboneConfig], Any] | None = None,
     progress_interval_s: float = 1.0,
     dist: DistContext | None = None,
+    embeddings: EmbeddingStore | None = None,
 ) -> RunOutcome:
     """Run one job that this worker has claimed (status 'running'); the job row always ends final.
 
@@ -136,11 +148,13 @@ def run_training(
         store_path: the SQLite store; this function opens its own connection.
         data_dir: images, adapters, cache and default weights live here.
         stop: set it to stop between batches (the job ends 'cancelled').
-        on_event: gets ``{"kind": "progress" | "epoch" | "finished", "job_id", ...}`` dicts (UI callbacks).
+        on_event: gets ``{"kind": "progress" | "epoch" | "promoted" | "finished", "job_id", ...}`` dicts (UI
+            callbacks; "promoted" carries the ``version_id`` now active, so serving can follow at once).
         cache: a feature cache kept across jobs (a fresh one under ``<data_dir>/cache/features`` otherwise).
         share_from: returns a model whose frozen tensors the new model may share, for a given backbone.
         progress_interval_s: minimum time between progress writes / cancel checks.
         dist: under torchrun, this process's rank; every rank calls this, only rank 0 writes (no cancel).
+        embeddings: the frozen-embedding store kept across jobs (one under ``<data_dir>/cache/embeddings`` otherwise).
     """
     job_id = int(job["id"] if isinstance(job, Mapping) else job)
     emit = on_event or (lambda _: None)
@@ -152,7 +166,7 @@ def run_training(
         leader = dist is None or dist.rank == 0
         rep = _Reporter(store, job_id, stop, progress_interval_s, emit, writes=leader, poll_cancel=dist is None)
         try:
-            outcome = _train_job(store, row, data_dir, rep, cache, share_from, dist)
+            outcome = _train_job(store, row, data_dir, rep, cache, share_from, dist, embeddings)
         except Exception as exc:  # every failure becomes the job's message; the app keeps running
             _logger.exception("training job %d failed", job_id)
             outcome = RunOutcome(job_id, "failed", _failure_message(exc))
@@ -163,7 +177,7 @@ def run_training(
         elif not store.finish_job(job_id, outcome.status, message=outcome.message, result_version_id=outcome.version_id):
             outcome = RunOutcome(job_id, "lost", "job was already finished elsewhere", outcome.version_id)
         emit({"kind": "finished", "job_id": job_id, "status": outcome.status, "message": outcome.message,
-              "version_id": outcome.version_id, "promoted": outcome.promoted})  # fmt: skip
+              "version_id": outcome.version_id, "promoted": outcome.promoted, "versions": list(outcome.versions)})  # fmt: skip
         return outcome
 
 
@@ -176,19 +190,83 @@ def _metrics_json(metrics: Any) -> dict[str, Any]:
     return out
 
 
+def _publish(store: LabelStore, data_dir: Path, rep: _Reporter, row: dict[str, Any], built: Any, data: TrainingSet,
+             metrics: dict[str, Any], *, kind: str, rivals: list[Rival], train_config: dict[str, Any],
+             extra: dict[str, Any]) -> tuple[dict[str, Any], Decision]:  # fmt: skip
+    """Publish one version, decide whether it is served, record the decision; the version's summary row."""
+    job_id, snap = int(row["id"]), int(row["snapshot_event_id"])
+    active = store.active_version()
+    version_id, _ = publish_version(
+        store, data_dir, built, class_names=data.class_names, metrics=metrics, snapshot_event_id=snap,
+        parent_id=active["id"] if active else None, job_id=job_id, train_config=train_config, kind=kind,
+        extra={**extra, "kind": kind, "variant": row["params"].get("variant"), "skipped": data.skipped},
+    )  # fmt: skip
+    decision = decide(metrics, rivals, has_active=active is not None)
+    if decision.promote:
+        promote(store, version_id, user=row.get("user") or "auto")
+        rep.emit({"kind": "promoted", "job_id": job_id, "version_id": version_id})
+    store.set_version_note(version_id, decision.reason)
+    summary = {k: metrics[k] for k in ("top1", "top5", "macro_f1", "loss", "count") if k in metrics}
+    store.log_job_metrics(job_id, step=int(extra.get("steps", 0)), epoch=extra.get("epochs"),
+                          values={"phase": "holdout", "kind": kind, **summary, "version_id": version_id})  # fmt: skip
+    return {"version_id": version_id, "kind": kind, "metrics": summary, "promoted": decision.promote,
+            "note": decision.reason}, decision  # fmt: skip
+
+
+def _start_rival(store: LabelStore, data: TrainingSet, data_dir: Path) -> Rival | None:
+    """The version active when the job started, measured on this job's holdout (or why it cannot be)."""
+    active = store.active_version()
+    if active is None:
+        return None
+    metrics, why = metrics_on_holdout(active, data, data_dir)
+    return Rival(f"the served version {active['id']}", metrics, why)
+
+
+def _describe(entry: dict[str, Any]) -> str:
+    top1 = entry["metrics"].get("top1")
+    score = f"holdout top-1 {top1:.3f}" if top1 is not None else "no holdout images"
+    return f"{entry['kind']} version {entry['version_id']}: {score}, {entry['note']}"
+
+
 def _train_job(store: LabelStore, row: dict[str, Any], data_dir: Path, rep: _Reporter, cache: FeatureCache | None,
-               share_from: Callable[[BackboneConfig], Any] | None, dist: DistContext | None = None) -> RunOutcome:  # fmt: skip
+               share_from: Callable[[BackboneConfig], Any] | None, dist: DistContext | None = None,
+               embeddings: EmbeddingStore | None = None) -> RunOutcome:  # fmt: skip
     job_id = int(row["id"])
-    backbone, method, config = parse_job_params(row["params"])
+    params = row["params"]
+    backbone, method, config = parse_job_params(params)
+    variant = params.get("variant", "ila")
     snap = int(row["snapshot_event_id"])
     data = snapshot(store, data_dir, max_event_id=snap)
     rep.progress({"phase": "prepare", "train_images": len(data.train), "holdout_images": len(data.holdout),
                   "classes": len(data.class_names)})  # fmt: skip
-    parent = store.active_version()
+    leader = dist is None or dist.rank == 0
+    key = holdout_key(data)
+    start_rival = _start_rival(store, data, data_dir) if leader else None
+    source = share_from(backbone) if share_from is not None else None
+    published: list[dict[str, Any]] = []
+    probe_rival = None
+
+    if leader and (variant == "probe" or params.get("probe", True)):
+        embeddings = embeddings or EmbeddingStore(embeddings_dir(data_dir))
+        run = fit_probe_version(backbone, data, store=embeddings, data_dir=data_dir, resize_ratio=config.resize_ratio,
+                                hflip=config.hflip, seed=config.seed, share_from=source, should_stop=rep.should_stop,
+                                on_progress=rep.progress)  # fmt: skip
+        if run is None or rep.lost:
+            return _ended_early(job_id, rep, published)
+        metrics = {**_metrics_json(run.metrics), "holdout_key": key}
+        entry, _ = _publish(store, data_dir, rep, row, run.built, data, metrics, kind="probe",
+                            rivals=[start_rival] if start_rival else [], train_config=config.to_dict(),
+                            extra={**run.extra(), "steps": 0, "epochs": 0})  # fmt: skip
+        published.append(entry)
+        probe_rival = Rival(f"the probe (version {entry['version_id']})", metrics)
+        if source is None:
+            source = run.built.model  # the ILA model below shares the probe's frozen tensors
+    if variant == "probe":
+        return _finished(job_id, published, (), serving=_serving(store, published, start_rival))
+
     if config.use_feature_cache and cache is None:
         cache = FeatureCache(data_dir / "cache" / "features")
     built = prepare_model(backbone, method, len(data.class_names), config, data_dir=data_dir)
-    source = share_from(backbone) if share_from is not None else None
     if source is not None:
         try:
             share_frozen_weights(source, built.model)
@@ -197,29 +275,57 @@ def _train_job(store: LabelStore, row: dict[str, Any], data_dir: Path, rep: _Rep
     rep.beat()
     result = fit(built, data, config, cache=cache, should_stop=rep.should_stop, on_progress=rep.progress,
                  on_epoch=rep.epoch, dist=dist)  # fmt: skip
-    if dist is not None and dist.rank != 0:  # followers train; rank 0 evaluates the reduced counts and publishes
+    if not leader:  # followers train; rank 0 evaluates the reduced counts and publishes
         return RunOutcome(job_id, "succeeded", metrics=_metrics_json(result.metrics), epochs=result.epochs)
-    if rep.lost:
-        return RunOutcome(job_id, "lost", epochs=result.epochs)
-    if result.stopped:
-        why = "cancelled by request" if rep.cancelled else "stopped: worker shutting down"
-        return RunOutcome(job_id, "cancelled", why, epochs=result.epochs)
-    metrics = _metrics_json(result.metrics)
+    if rep.lost or result.stopped:
+        return _ended_early(job_id, rep, published, result.epochs)
     rep.beat()
     if rep.lost:  # marked lost while evaluating: publishing now could race a newer job
         return RunOutcome(job_id, "lost", epochs=result.epochs)
-    version_id, _ = publish_version(
-        store, data_dir, built, class_names=data.class_names, metrics=metrics, snapshot_event_id=snap,
-        parent_id=parent["id"] if parent else None, job_id=job_id, train_config=config.to_dict(),
-        extra={"variant": row["params"].get("variant"), "epochs": result.epochs, "steps": result.steps,
-               "seconds": round(result.seconds, 2), "skipped": data.skipped},
-    )  # fmt: skip
-    promoted = should_promote(metrics, store.active_version())
-    if promoted:
-        promote(store, version_id, user=row.get("user") or "auto")
+    metrics = {**_metrics_json(result.metrics), "holdout_key": key}
+    warnings = tuple(w for w in (result.shortfall(),) if w)
+    kind = "ila" if variant.startswith("ila") else "baseline"
+    rivals = [r for r in (probe_rival, start_rival) if r is not None]
+    entry, _ = _publish(store, data_dir, rep, row, built, data, metrics, kind=kind, rivals=rivals,
+                        train_config=config.to_dict(),
+                        extra={"epochs": result.epochs, "steps": result.steps, "steps_requested": result.steps_requested,
+                               "budget_cut": result.budget_cut, "seconds": round(result.seconds, 2),
+                               "train_seconds": result.train_seconds, "head_init": result.head_init,
+                               "warnings": list(warnings)})  # fmt: skip
+    published.append(entry)
+    return _finished(job_id, published, warnings, metrics=metrics, epochs=result.epochs,
+                     serving=_serving(store, published, start_rival))  # fmt: skip
+
+
+def _serving(store: LabelStore, published: list[dict[str, Any]], start_rival: Rival | None) -> dict[str, Any] | None:
+    """Which version serves after the job, with its metrics on this job's holdout where known."""
+    active = store.active_version()
+    if active is None:
+        return None
+    for entry in published:
+        if entry["version_id"] == active["id"]:
+            return {"version_id": active["id"], "kind": entry["kind"], "metrics": entry["metrics"]}
+    metrics = start_rival.metrics if start_rival is not None and start_rival.metrics else active.get("metrics") or {}
     summary = {k: metrics[k] for k in ("top1", "top5", "macro_f1", "loss", "count") if k in metrics}
-    store.log_job_metrics(job_id, step=result.steps, epoch=result.epochs,
-                          values={"phase": "holdout", **summary, "version_id": version_id})  # fmt: skip
-    top1 = f"holdout top-1 {summary['top1']:.3f}" if "top1" in summary else "no holdout images"
-    message = f"version {version_id}: {top1}{', promoted' if promoted else ', not promoted (holdout got worse)'}"
-    return RunOutcome(job_id, "succeeded", message, version_id, promoted, metrics, result.epochs)
+    return {"version_id": active["id"], "kind": active.get("kind", "ila"), "metrics": summary}
+
+
+def _finished(job_id: int, published: list[dict[str, Any]], warnings: tuple[str, ...], *,
+              metrics: dict[str, Any] | None = None, epochs: int = 0,
+              serving: dict[str, Any] | None = None) -> RunOutcome:  # fmt: skip
+    last = published[-1]
+    message = "; ".join([*(_describe(e) for e in published), *warnings])
+    return RunOutcome(job_id, "succeeded", message, last["version_id"], any(e["promoted"] for e in published),
+                      metrics if metrics is not None else dict(last["metrics"]), epochs, tuple(published), warnings,
+                      serving)  # fmt: skip
+
+
+def _ended_early(job_id: int, rep: _Reporter, published: list[dict[str, Any]], epochs: int = 0) -> RunOutcome:
+    if rep.lost:
+        return RunOutcome(job_id, "lost", epochs=epochs, versions=tuple(published))
+    why = "cancelled by request" if rep.cancelled else "stopped: worker shutting down"
+    if published:
+        why += "; " + "; ".join(_describe(e) for e in published)
+    last = published[-1]["version_id"] if published else None
+    return RunOutcome(job_id, "cancelled", why, last, any(e["promoted"] for e in published), epochs=epochs,
+                      versions=tuple(published))

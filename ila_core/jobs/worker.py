@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import sweep_temp_files
+from ..embeddings import EmbeddingStore, embeddings_dir
 from ..config import BackboneConfig
 from ..serving.paths import adapters_dir
 from ..store import LabelStore, default_store_path, pid_alive
@@ -45,7 +46,8 @@ class Worker:
         stale_after_s: a running job without a heartbeat for this long is marked failed (and its child killed).
         share_from: returns a model (e.g. the served one) whose frozen tensors a thread-mode job may share.
         on_event: progress/epoch/finished callback (thread mode; called from the training thread).
-        on_promoted: called with the version id after an auto-promotion (e.g. ``predictor.sync``).
+        on_promoted: called with the version id after each auto-promotion, as it happens (e.g. ``predictor.sync``;
+            a job may promote its probe within seconds and its ILA version minutes later).
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class Worker:
         self._child: Any = None
         self._child_stop: Any = None
         self._cache: FeatureCache | None = None
+        self._embeddings: EmbeddingStore | None = None
         self._cache_mb = cache_memory_mb
         self.last_outcome: RunOutcome | None = None
 
@@ -129,6 +132,20 @@ class Worker:
             self._cache = FeatureCache(self.data_dir / "cache" / "features", max_memory_mb=self._cache_mb)
         return self._cache
 
+    def _embedding_store(self) -> EmbeddingStore:
+        if self._embeddings is None:
+            self._embeddings = EmbeddingStore(embeddings_dir(self.data_dir))
+        return self._embeddings
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+        if event.get("kind") == "promoted" and self.on_promoted is not None:
+            try:
+                self.on_promoted(int(event["version_id"]))
+            except Exception:  # the serving side logs and keeps its model; the job goes on
+                _logger.exception("on_promoted callback failed for version %s", event.get("version_id"))
+
     def claim(self) -> dict[str, Any] | None:
         """Claim the oldest queued job for this worker (None if there is none)."""
         with LabelStore.open(self.store_path, quick_check=False) as store:
@@ -142,15 +159,11 @@ class Worker:
         return self._run(job)
 
     def _run(self, job: dict[str, Any]) -> RunOutcome:
-        outcome = run_training(job, self.store_path, self.data_dir, self._stop, self.on_event,
+        outcome = run_training(job, self.store_path, self.data_dir, self._stop, self._on_event,
                                cache=self._feature_cache(), share_from=self.share_from,
-                               progress_interval_s=self.progress_interval_s)  # fmt: skip
+                               progress_interval_s=self.progress_interval_s,
+                               embeddings=self._embedding_store())  # fmt: skip
         self.last_outcome = outcome
-        if outcome.promoted and outcome.version_id is not None and self.on_promoted is not None:
-            try:
-                self.on_promoted(outcome.version_id)
-            except Exception:  # the serving side logs and keeps its model; the job itself succeeded
-                _logger.exception("on_promoted callback failed for version %s", outcome.version_id)
         return outcome
 
     def watchdog(self) -> list[int]:

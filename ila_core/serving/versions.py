@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "publish_version",
-    "should_promote",
     "promote",
     "rollback",
     "previous_version_id",
@@ -49,6 +48,7 @@ def publish_version(
     train_config: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     fingerprint: str | None = None,
+    kind: str = "ila",
 ) -> tuple[int, CheckpointInfo]:
     """Write the checkpoint atomically, check it reads back, record a 'candidate' version.
 
@@ -70,19 +70,9 @@ def publish_version(
     check_state(state, built.model)
     version_id = store.add_model_version(
         path=info.path.relative_to(Path(data_dir)).as_posix(), sha256=info.sha256, manifest=info.manifest,
-        metrics=dict(metrics), parent_id=parent_id, snapshot_event_id=snapshot_event_id, job_id=job_id,
+        metrics=dict(metrics), parent_id=parent_id, snapshot_event_id=snapshot_event_id, job_id=job_id, kind=kind,
     )  # fmt: skip
     return version_id, info
-
-
-def should_promote(new_metrics: Mapping[str, Any], active: Mapping[str, Any] | None) -> bool:
-    """Auto-promotion rule: no active version, or holdout top-1 not worse than the active version's."""
-    if active is None:
-        return True
-    old, new = (active.get("metrics") or {}).get("top1"), new_metrics.get("top1")
-    if new is None:
-        return False
-    return old is None or float(new) >= float(old)
 
 
 def promote(

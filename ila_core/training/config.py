@@ -33,6 +33,7 @@ class TrainConfig:
     """How adapters and head are trained (ILA_SPEC 3). Use :func:`preset` to start from a named recipe."""
 
     epochs: int = 50
+    steps: int | None = None  # total optimizer steps; None = epochs x steps per epoch (the paper counts epochs)
     batch_size: int = 8
     lr: float = 0.1
     adapter_lr_scale: float = 1.0  # lr multiplier for everything trainable except the head
@@ -49,7 +50,8 @@ class TrainConfig:
     resize_ratio: float = 1.34  # square resize to int(ratio * S) before the S crop
     hflip: bool = True
     drop_rate: float = 0.1  # dropout inside the frozen blocks, active in train mode (paper)
-    minutes: float | None = None  # wall-clock budget for the epochs; None = no budget
+    minutes: float | None = None  # wall-clock budget for the training steps (not the cache fill); None = no budget
+    lp_init: bool = False  # LP-FT: the head starts at a closed-form fit on the initial network's features
     use_feature_cache: bool = False
     freeze_cls_token: bool = False  # quick preset: lets the blocks before the first adapter be cached
     zero_init_adapter_output: bool = False  # quick preset: adapters start as their shortcut (see below)
@@ -59,6 +61,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.steps is not None and int(self.steps) < 1:
+            raise ValueError(f"steps must be >= 1 or None, got {self.steps}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -96,11 +96,13 @@ class CachedFeatures:
 
 
 class CachedDataset(Dataset):
-    """``(prefix tokens as fp32, label)``; training picks view 0 or 1 per sample each epoch, eval uses view 0."""
+    """``(prefix tokens as fp32, label)``; training picks view 0 or 1 per sample each epoch, eval uses ``view``."""
 
-    def __init__(self, samples: Sequence[Sample], features: CachedFeatures, *, train: bool, seed: int = 0) -> None:
+    def __init__(
+        self, samples: Sequence[Sample], features: CachedFeatures, *, train: bool, seed: int = 0, view: int = 0
+    ) -> None:
         self.samples, self.features, self.train, self.seed = list(samples), features, train, seed
-        self._views = torch.zeros(len(self.samples), dtype=torch.long)
+        self._views = torch.full((len(self.samples),), view, dtype=torch.long)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw this epoch's view per sample (deterministic in seed and epoch)."""

@@ -1,4 +1,4 @@
-"""One training run: model preparation, data loaders, optimiser, schedule, epochs, budget, final evaluation.
+"""One training run: inputs (cached or not), LP-FT head start, optimiser, step schedule, budget, evaluation.
 
 Used by the job worker, the ``train`` command, ``reproduce`` and the distributed launcher. It never touches
 the store: progress goes out through callbacks, stopping comes in through ``should_stop``. This module holds
@@ -21,16 +21,18 @@ from torch.utils.data import Dataset, Sampler
 
 from ..backbone import BuiltModel
 from ..checkpoint import backbone_fingerprint
+from .budget import StepBudget
 from .collectives import DistContext, _all_mean, _all_min, _all_reduce_counts, _dist_device
 from .config import TrainConfig, resolve_device
 from .dataset import ImageDataset, TrainingSet
 from .feature_cache import CachedDataset, CachedFeatures, FeatureCache, SuffixModel, plan_prefix
+from .head_init import init_head_closed_form
 from .loaders import EpochShuffle, _loader, _Shard
 from .loop import build_optimizer, evaluate, train_one_epoch
 from .metrics import EvalMetrics
 from .model_setup import prepare_model, seed_everything, share_frozen_weights, zero_adapter_outputs
 from .schedule import CosineWarmup
-from .transforms import eval_transform, preprocess_for, train_transform
+from .transforms import Preprocess, eval_transform, preprocess_for, train_transform, view_transform
 
 __all__ = ["FitResult", "DistContext", "EpochShuffle", "seed_everything", "prepare_model", "share_frozen_weights",
            "zero_adapter_outputs", "fit"]  # fmt: skip
@@ -45,12 +47,73 @@ class FitResult:
     """Outcome of :func:`fit`."""
 
     metrics: EvalMetrics | None  # holdout metrics; None when stopped early or there is no holdout
-    epochs: int  # epochs completed
-    steps: int
+    epochs: int  # passes over the training set begun (the last one may be partial)
+    steps: int  # optimizer steps done
     stopped: bool
     seconds: float
-    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per pass
     cache_stats: dict[str, int] = field(default_factory=dict)
+    steps_requested: int = 0  # what the recipe asked for (steps, or epochs x steps per epoch)
+    budget_cut: bool = False  # the time budget shortened training
+    train_seconds: float = 0.0  # the part the budget counts
+    head_init: dict[str, float] | None = None  # LP-FT closed-form head: alpha, out-of-fold top-1
+
+    def shortfall(self) -> str | None:
+        """Words for a run that trained fewer steps than planned, e.g. for a job card; None when it did not."""
+        if not self.budget_cut:
+            return None
+        return (f"trained {self.steps} of {self.steps_requested} planned steps before the time budget ran out "
+                "(the machine may be busy); accuracy may suffer")  # fmt: skip
+
+
+@dataclass
+class _Inputs:
+    """What the loop iterates over: datasets, the network that maps a batch to logits, fixed views for LP-FT."""
+
+    train: Dataset
+    holdout: Dataset
+    net: nn.Module
+    workers: int
+    views: list[Dataset]  # the training samples under each fixed view (closed-form head fit)
+    cached: bool
+
+
+def _inputs(built: BuiltModel, model: nn.Module, data: TrainingSet, config: TrainConfig, prep: Preprocess,
+            cache: FeatureCache | None, stop: Callable[[], bool], progress: Callback) -> tuple[_Inputs, FeatureCache | None]:  # fmt: skip
+    """Cached prefix tokens when the recipe asks and the prefix is frozen, else images through transforms."""
+    plan = plan_prefix(model) if config.use_feature_cache else None
+    views = (0, 1) if config.hflip else (0,)
+    if plan is None:
+        if config.use_feature_cache:
+            _logger.info("feature cache requested but the patch embedding trains; running uncached")
+        fixed: list[Dataset] = [ImageDataset(data.train, view_transform(prep, v)) for v in views]
+        return _Inputs(ImageDataset(data.train, train_transform(prep, hflip=config.hflip)),
+                       ImageDataset(data.holdout, eval_transform(prep)), model, config.num_workers, fixed, False), None  # fmt: skip
+    cache = cache or FeatureCache(max_memory_mb=1024)
+    features = CachedFeatures(model, plan, prep, cache, built.weights_sha256 or backbone_fingerprint(model))
+    features.fill(data.train, views, batch_size=config.eval_batch_size, should_stop=stop,
+                  on_batch=lambda d, n: progress({"phase": "cache", "step": d, "total_steps": n}))  # fmt: skip
+    features.fill(data.holdout, (0,), batch_size=config.eval_batch_size, should_stop=stop)
+    _logger.info("feature cache (%s) ready for %d images: %s", plan.describe(), len(data.train) + len(data.holdout),
+                 cache.stats())  # fmt: skip
+    fixed = [CachedDataset(data.train, features, train=False, view=v) for v in views]
+    train = CachedDataset(data.train, features, train=config.hflip, seed=config.seed)
+    holdout = CachedDataset(data.holdout, features, train=False)
+    return _Inputs(train, holdout, SuffixModel(model, plan), 0, fixed, True), cache  # the cache lives in this process
+
+
+def _distribute(net: nn.Module, train: Dataset, holdout: Dataset, dist: DistContext | None, device: torch.device,
+                seed: int) -> tuple[nn.Module, Any, Sampler | None]:  # fmt: skip
+    """Samplers (and DDP) for this process: (network, train sampler, holdout sampler)."""
+    if dist is None:
+        return net, EpochShuffle(len(train), seed), None
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data.distributed import DistributedSampler
+
+    sampler = DistributedSampler(train, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed,
+                                 drop_last=True)  # fmt: skip
+    ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    return ddp, sampler, _Shard(len(holdout), dist.rank, dist.world_size)
 
 
 def fit(
@@ -73,7 +136,7 @@ def fit(
         cache: feature cache to use when ``config.use_feature_cache`` (a private in-memory one otherwise).
         should_stop: polled between batches; True ends the run without evaluation.
         on_progress: gets ``{phase, epoch, step, total_steps, loss, lr, eta_s}`` as training goes.
-        on_epoch: gets one row per finished epoch (``epoch, loss, lr, seconds, steps``).
+        on_epoch: gets one row per pass over the training set (``epoch, loss, lr, seconds, steps``).
         dist: rank and world size under DistributedDataParallel (the process group must be initialised).
     """
     start = time.perf_counter()
@@ -83,116 +146,84 @@ def fit(
         resolve_device(config.device) if dist is None or config.device != "auto" else _dist_device(dist)
     )
     model = built.model.to(device)
-    image_size = config.image_size or built.backbone.image_size
-    prep = preprocess_for(model, image_size, config.resize_ratio)
+    prep = preprocess_for(model, config.image_size or built.backbone.image_size, config.resize_ratio)
     generator = seed_everything(config.seed + (dist.rank if dist else 0))
+    inputs, cache = _inputs(built, model, data, config, prep, cache, stop, progress)
 
-    plan = plan_prefix(model) if config.use_feature_cache else None
-    if plan is not None:
-        cache = cache or FeatureCache(max_memory_mb=1024)
-        ident = built.weights_sha256 or backbone_fingerprint(model)
-        features = CachedFeatures(model, plan, prep, cache, ident)
-        todo = list(data.train) + list(data.holdout)
-        features.fill(data.train, (0, 1) if config.hflip else (0,), batch_size=config.eval_batch_size, should_stop=stop,
-                      on_batch=lambda d, n: progress({"phase": "cache", "step": d, "total_steps": n}))  # fmt: skip
-        features.fill(data.holdout, (0,), batch_size=config.eval_batch_size, should_stop=stop)
-        _logger.info("feature cache (%s) ready for %d images: %s", plan.describe(), len(todo), cache.stats())
-        train_ds: Dataset = CachedDataset(data.train, features, train=config.hflip, seed=config.seed)
-        eval_ds: Dataset = CachedDataset(data.holdout, features, train=False)
-        net: nn.Module = SuffixModel(model, plan)
-        workers = 0  # the cache lives in this process
-    else:
-        if config.use_feature_cache:
-            _logger.info("feature cache requested but the patch embedding trains; running uncached")
-        train_ds = ImageDataset(data.train, train_transform(prep, hflip=config.hflip))
-        eval_ds = ImageDataset(data.holdout, eval_transform(prep))
-        net, workers = model, config.num_workers
+    head_fit = None
+    if config.lp_init and not stop():
+        progress({"phase": "head", "step": 0, "total_steps": 1})
+        head_fit = init_head_closed_form(inputs.net, model.get_classifier(), inputs.views, len(data.class_names),
+                                         device=device, seed=config.seed, should_stop=stop)  # fmt: skip
 
+    net, sampler, eval_sampler = _distribute(inputs.net, inputs.train, inputs.holdout, dist, device, config.seed)
     world = dist.world_size if dist else 1
-    if dist is not None:
-        from torch.nn.parallel import DistributedDataParallel
-        from torch.utils.data.distributed import DistributedSampler
-
-        sampler: Any = DistributedSampler(train_ds, num_replicas=world, rank=dist.rank, shuffle=True, seed=config.seed,
-                                          drop_last=True)  # fmt: skip
-        eval_sampler: Sampler | None = _Shard(len(eval_ds), dist.rank, world)
-        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    else:
-        sampler, eval_sampler = EpochShuffle(len(train_ds), config.seed), None
-    local = len(train_ds) // world
-    drop_last = local >= config.batch_size  # tiny sets: keep the partial batch rather than train on nothing
+    drop_last = len(inputs.train) // world >= config.batch_size  # tiny sets: keep the partial batch
     pin = device.type == "cuda"
-    train_loader = _loader(train_ds, config.batch_size, sampler=sampler, drop_last=drop_last, workers=workers,
-                           generator=generator, pin=pin)  # fmt: skip
-    steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
+    train_loader = _loader(inputs.train, config.batch_size, sampler=sampler, drop_last=drop_last,
+                           workers=inputs.workers, generator=generator, pin=pin)  # fmt: skip
+    if len(train_loader) == 0:
         raise ValueError("no training images")
-    schedule = CosineWarmup(config.lr, config.epochs * steps_per_epoch, config.warmup_steps, config.warmup_lr,
-                            config.min_lr)  # fmt: skip
+    budget = StepBudget(config.steps or config.epochs * len(train_loader), config.minutes,
+                        every=10 if dist else 1, agree=lambda n: _all_min(n, dist))  # fmt: skip
+    schedule = CosineWarmup(config.lr, budget.planned, config.warmup_steps, config.warmup_lr, config.min_lr)
     optimizer = build_optimizer(net, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
                                 weight_decay=config.weight_decay, adapter_lr_scale=config.adapter_lr_scale)  # fmt: skip
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
 
-    history: list[dict[str, Any]] = []
-    epochs_planned, global_step, stopped = config.epochs, 0, False
-    budget_s = config.minutes * 60 if config.minutes else None
-    train_start = time.perf_counter()
-
     def on_step(row: dict[str, Any]) -> None:
         done = row["global_step"]
-        total = epochs_planned * steps_per_epoch
-        per_step = (time.perf_counter() - train_start) / max(done, 1)
-        progress({"phase": "train", "epoch": row["epoch"] + 1, "step": done, "total_steps": total, "loss": row["loss"],
-                  "lr": row["lr"], "eta_s": round(per_step * max(total - done, 0), 1)})  # fmt: skip
+        if budget.step_done(done):  # the machine is slower than planned: fit the cosine to what still fits
+            schedule.total_steps = budget.planned
+        per_step = budget.elapsed_s / max(done, 1)
+        progress({"phase": "train", "epoch": row["epoch"] + 1, "step": done, "total_steps": budget.planned,
+                  "loss": row["loss"], "lr": row["lr"], "eta_s": round(per_step * max(budget.planned - done, 0), 1)})  # fmt: skip
 
-    epoch = 0
-    for epoch in range(config.epochs):
-        if epoch >= epochs_planned:
-            break
-        for obj in (sampler, train_ds):
+    history: list[dict[str, Any]] = []
+    global_step, epoch, stopped = 0, 0, False
+    budget.start()
+    while global_step < budget.planned:
+        for obj in (sampler, inputs.train):
             if hasattr(obj, "set_epoch"):
                 obj.set_epoch(epoch)
         stats = train_one_epoch(net, train_loader, optimizer, device=device, epoch=epoch, global_step=global_step,
                                 lr_schedule=schedule, clip_grad=config.clip_grad, scaler=scaler, amp=use_amp,
-                                label_smoothing=config.label_smoothing, should_stop=stop, on_step=on_step)  # fmt: skip
-        global_step = stats.global_step
-        if stats.stopped:
-            stopped = True
+                                label_smoothing=config.label_smoothing, should_stop=stop, on_step=on_step,
+                                step_limit=lambda: budget.planned)  # fmt: skip
+        global_step, epoch = stats.global_step, epoch + 1
+        if stats.stopped or stats.steps == 0:
+            stopped = stats.stopped
             break
-        row = {"epoch": epoch + 1, "loss": _all_mean(stats.loss, dist), "lr": stats.lr,
-               "seconds": round(stats.seconds, 3), "steps": stats.steps, "global_step": global_step}  # fmt: skip
+        row = {"epoch": epoch, "loss": _all_mean(stats.loss, dist), "lr": stats.lr, "seconds": round(stats.seconds, 3),
+               "steps": stats.steps, "global_step": global_step}  # fmt: skip
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
-        if budget_s is not None:
-            # Re-plan after every epoch from the last epoch's time (the machine may have got busier), and fit
-            # the cosine to the epochs that still fit, so the rate anneals before time runs out. Never grows.
-            left = budget_s - (time.perf_counter() - start)
-            fits = epoch + 1 + int(left // max(stats.seconds, 1e-6))
-            planned = _all_min(max(epoch + 1, min(epochs_planned, fits)), dist)
-            if planned < epochs_planned:
-                epochs_planned = planned
-                schedule.total_steps = epochs_planned * steps_per_epoch
-                _logger.info("time budget %.1f min: training %d of %d epochs", config.minutes, epochs_planned,
-                             config.epochs)  # fmt: skip
-    epochs_done = len(history)
+    if budget.cut:
+        _logger.info("time budget %.1f min: %s", config.minutes, budget.describe())
+    train_seconds = budget.elapsed_s
 
     metrics = None
-    if not stopped and len(eval_ds) > 0:
-        eval_loader = _loader(eval_ds, config.eval_batch_size, sampler=eval_sampler, drop_last=False, workers=workers,
-                              generator=None, pin=pin)  # fmt: skip
-        reduce = _all_reduce_counts if dist is not None else None
-        n_batches = len(eval_loader)
-
-        def on_eval_batch(i: int) -> None:
-            progress({"phase": "eval", "step": i, "total_steps": n_batches})
-
-        metrics = evaluate(net, eval_loader, device=device, class_names=data.class_names, amp=use_amp,
-                           should_stop=stop, reduce=reduce, on_batch=on_eval_batch)  # fmt: skip
+    if not stopped and len(inputs.holdout) > 0:
+        metrics = _evaluate(net, inputs.holdout, eval_sampler, data.class_names, config, device, dist, inputs.workers,
+                            use_amp, stop, progress)  # fmt: skip
         if stop():
             stopped, metrics = True, None
     model.eval()
-    return FitResult(metrics=metrics, epochs=epochs_done, steps=global_step, stopped=stopped,
+    return FitResult(metrics=metrics, epochs=len(history), steps=global_step, stopped=stopped,
                      seconds=time.perf_counter() - start, history=history,
-                     cache_stats=cache.stats() if plan is not None and cache is not None else {})  # fmt: skip
+                     cache_stats=cache.stats() if inputs.cached and cache is not None else {},
+                     steps_requested=budget.requested, budget_cut=budget.cut, train_seconds=round(train_seconds, 2),
+                     head_init=None if head_fit is None else {"alpha": head_fit.alpha, "cv_top1": head_fit.cv_top1})  # fmt: skip
+
+
+def _evaluate(net: nn.Module, holdout: Dataset, sampler: Sampler | None, class_names: list[str], config: TrainConfig,
+              device: torch.device, dist: DistContext | None, workers: int, amp: bool, stop: Callable[[], bool],
+              progress: Callback) -> EvalMetrics:  # fmt: skip
+    loader = _loader(holdout, config.eval_batch_size, sampler=sampler, drop_last=False, workers=workers,
+                     generator=None, pin=device.type == "cuda")  # fmt: skip
+    n_batches = len(loader)
+    return evaluate(net, loader, device=device, class_names=class_names, amp=amp, should_stop=stop,
+                    reduce=_all_reduce_counts if dist is not None else None,
+                    on_batch=lambda i: progress({"phase": "eval", "step": i, "total_steps": n_batches}))  # fmt: skip

@@ -110,7 +110,7 @@ class SuffixModel(nn.Module):
         self.model = model
         self.plan = plan
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
         m, plan = self.model, self.plan
         x = tokens
         blocks = list(m.blocks)
@@ -124,4 +124,4 @@ class SuffixModel(nn.Module):
                 start += 1
         for blk in blocks[start:]:
             x = blk(x)
-        return m.forward_head(m.norm(x))
+        return m.forward_head(m.norm(x), pre_logits=pre_logits)

@@ -91,8 +91,12 @@ def train_one_epoch(
     label_smoothing: float = 0.0,
     should_stop: Callable[[], bool] | None = None,
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    step_limit: Callable[[], int] | None = None,
 ) -> EpochStats:
     """One pass over ``loader`` with a per-iteration learning rate.
+
+    ``step_limit`` returns the run's planned number of steps (it may shrink under a time budget): the pass ends
+    early, without counting as stopped, once ``global_step`` reaches it.
 
     Raises:
         FloatingPointError: the loss became NaN or infinite (the run cannot recover from it).
@@ -103,6 +107,8 @@ def train_one_epoch(
     start, steps, samples, loss_sum, lr = time.perf_counter(), 0, 0, 0.0, float("nan")
     stopped = False
     for inputs, targets in loader:
+        if step_limit is not None and global_step >= step_limit():
+            break
         if should_stop is not None and should_stop():
             stopped = True
             break
