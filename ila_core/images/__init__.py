@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from .limits import BadImage, ImageLimits, LoadedImage
 from .loader import load_image
+from .sniff import sniff_container
 from .storage import encode_for_storage, safe_stored_name, storage_extension
 
 __all__ = [
@@ -33,5 +34,6 @@ __all__ = [
     "encode_for_storage",
     "load_image",
     "safe_stored_name",
+    "sniff_container",
     "storage_extension",
 ]

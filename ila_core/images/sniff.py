@@ -50,6 +50,20 @@ def _read_capped(data: bytes | Path, max_bytes: int) -> bytes:
     return raw
 
 
+def sniff_container(head: bytes) -> str:
+    """Name the image container of a file from its first bytes (32 are plenty), without decoding anything.
+
+    Returns:
+        'JPEG', 'PNG', 'WEBP', 'TIFF' or 'GIF'.
+
+    Raises:
+        BadImage: empty, not an image, or a known format that is not accepted (named in the message).
+    """
+    if not head:
+        raise BadImage("empty file")
+    return _sniff(bytes(head))
+
+
 def _sniff(raw: bytes) -> str:
     """Container format from the magic bytes, or BadImage naming what was refused."""
     if raw.startswith(b"\xff\xd8\xff"):
