@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ila_core.training.probe import FALLBACK_ALPHA, ProbeFit, _fold_scores, assign_folds, fit_probe
+from ila_core.training.probe import FALLBACK_ALPHA, ProbeFit, _cv_scores, _fit_temperature, assign_folds, fit_probe
 
 
 def _clusters(n: int, dim: int, classes: int, *, sep: float, noise: float = 0.0, seed: int = 0, nuisance: float = 0.0,
@@ -62,15 +62,12 @@ def test_matches_naive_ridge(n: int, dim: int) -> None:
     x, y = _clusters(n, dim, 4, sep=0.4, offset=7.0)
     x = x.double() * torch.linspace(0.5, 4.0, dim, dtype=torch.float64)
     fold = assign_folds(y, 5)
-    xc = x - x.mean(0)
-    counts = torch.bincount(y, minlength=4).double()
-    sums = torch.zeros(4, dim, dtype=x.dtype).index_add_(0, y, xc)
     grid = torch.tensor([1e-3, 1.0], dtype=x.dtype)
+    oof, _ = _cv_scores(x - x.mean(0), y, fold, 4, grid)
     for f in range(int(fold.max()) + 1):
-        scores = _fold_scores(xc, y, fold, f, xc.T @ xc, sums, counts, grid)
         for i, alpha in enumerate(grid.tolist()):
             expected = _naive_ridge(x[fold != f], y[fold != f], x[fold == f], 4, alpha)
-            torch.testing.assert_close(scores[i], expected, rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(oof[fold == f, i], expected, rtol=1e-9, atol=1e-9)
     fit = fit_probe(x.float(), y, 4)
     expected = fit.temperature * _naive_ridge(x.float().double(), y, x.float().double(), 4, fit.alpha)
     torch.testing.assert_close(fit.logits(x.float()).double(), expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
@@ -192,6 +189,19 @@ def test_temperature_calibrates_noisy_problem() -> None:
     assert 0.3 < accuracy < 0.9  # the problem is neither trivial nor hopeless
     assert abs(float(probs.max(1).values.mean()) - accuracy) < 0.15
     assert 1e-2 <= fit.temperature <= 1e3
+
+
+def test_temperature_search_finds_the_minimum() -> None:
+    """The golden-section T is at least as good as the best of a dense log grid over the same range."""
+    g = torch.Generator().manual_seed(6)
+    scores, y = torch.randn(500, 7, generator=g).double(), torch.randint(7, (500,), generator=g)
+    scores[torch.arange(500), y] += 0.3
+
+    def nll(t: float) -> float:
+        return float(torch.nn.functional.cross_entropy(t * scores, y))
+
+    best_grid = min(nll(t) for t in torch.logspace(-2, 3, 2000).tolist())
+    assert nll(_fit_temperature(scores, y)) <= best_grid + 1e-9
 
 
 def test_deterministic_for_seed() -> None:
