@@ -433,7 +433,7 @@ def test_labelstudio_export_structure(split_tree, tmp_path):
         store.add_predictions(version, [(results[0].image_id, [("Beta", 0.75), ("Alpha", 0.25)])])
     summary = export(data, tmp_path / "ls.json", fmt="labelstudio")
     assert summary == {"format": "labelstudio", "out": str(tmp_path / "ls.json"), "tasks": 4, "annotations": 4,
-                       "predictions": 1}
+                       "predictions": 1, "label_config": str(tmp_path / "label_config.xml")}
     tasks = json.loads((tmp_path / "ls.json").read_text(encoding="utf-8"))
     task = next(t for t in tasks if t["id"] == results[0].image_id)
     assert task["data"]["image"].startswith("/data/local-files/?d=images/")
@@ -450,7 +450,7 @@ def test_imagefolder_round_trip(split_tree, tmp_path):
     _run(split_tree, data)
     summary = export(data, tmp_path / "export", fmt="imagefolder")
     assert summary["images"] == 4 and summary["splits"] == {"train": 3, "holdout": 1}
-    assert (tmp_path / "export" / "holdout" / "Alpha").is_dir()
+    assert (tmp_path / "export" / "test" / "Alpha").is_dir()  # the holdout, under the name datasets expects
     _run(tmp_path / "export", fresh)
     assert _labels(fresh) == _labels(data)
     with LabelStore.open(data / "ila.db") as a, LabelStore.open(fresh / "ila.db") as b:

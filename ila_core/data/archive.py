@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..fsutil import atomic_write
-from .layouts import is_hidden
+from .tree import is_hidden
 
 __all__ = ["ZipLimits", "ArchiveRefused", "extract_zip", "write_atomic", "sweep_stale"]
 

@@ -10,10 +10,15 @@ __all__ = ["add_import_parser", "add_export_parser", "add_seed_parser"]
 
 
 def add_import_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("import", help="import images (ImageFolder, CSV, zip or a UFG benchmark layout)")
+    from .layouts import FORMATS
+
+    p = sub.add_parser("import", help="import images (ImageFolder, CSV, zip, UFG, FiftyOne, COCO, Hugging Face "
+                       "imagefolder) or the annotations of a Label Studio export")  # fmt: skip
     p.add_argument("path", type=Path)
     p.add_argument("--data-dir", type=Path, default=Path("data"))
-    p.add_argument("--format", default="auto", choices=["auto", "imagefolder", "csv", "ufg"])
+    p.add_argument("--format", default="auto", choices=list(FORMATS),
+                   help="auto detects the layout and names it in the summary; imagefolder reads folder names "
+                   "even where the tree holds label files")  # fmt: skip
     p.add_argument("--split", choices=["train", "holdout"], default=None, help="override the layout's split")
     p.add_argument("--user", default=None)
     p.add_argument("--json", action="store_true", help="one JSON line per file, then a summary line")
@@ -46,12 +51,15 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
-    from .exporters import EXPORT_FORMATS
+    from .exporters import EXPORT_FORMATS, LABEL_STUDIO_PREFIX
 
     p = sub.add_parser("export", help="export labels (ImageFolder tree, CSV, full history, Label Studio JSON)")
     p.add_argument("out", type=Path)
     p.add_argument("--data-dir", type=Path, default=Path("data"))
     p.add_argument("--format", default="csv", choices=list(EXPORT_FORMATS))
+    p.add_argument("--image-url-prefix", default=LABEL_STUDIO_PREFIX,
+                   help="labelstudio: prepended to each image path relative to the data directory (default: "
+                   "Label Studio Local Storage with LOCAL_FILES_DOCUMENT_ROOT = the data directory)")  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_export)
 
@@ -59,7 +67,7 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from .exporters import export
 
-    summary = export(args.data_dir, args.out, fmt=args.format)
+    summary = export(args.data_dir, args.out, fmt=args.format, image_url_prefix=args.image_url_prefix)
     print(json.dumps({"summary": summary}) if args.json else f"summary: {summary}")
     return 0
 

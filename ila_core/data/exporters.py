@@ -1,7 +1,9 @@
 """Export the label store: ImageFolder tree, current-label CSV, label-history CSV, Label Studio JSON.
 
-* ``imagefolder``: ``out/<split>/<cultivar>/<sha256>.<ext>`` for every image with a current hard label
-  (split ``train``, ``holdout`` or ``unassigned``); built in a temporary folder and renamed into place, so
+* ``imagefolder``: ``out/<split>/<cultivar>/<sha256>.<ext>`` for every image with a current hard label, in the
+  split folders ``train/``, ``test/`` (our holdout: the split keyword ``datasets`` and torchvision users expect;
+  the importer maps it back) and ``unassigned/``, plus a ``README.md`` whose ``configs`` name all three so that
+  ``datasets.load_dataset(out)`` loads every split. Built in a temporary folder and renamed into place, so
   ``out`` appears complete or not at all. Cultivar names are percent-escaped where a file system would choke
   (``/ \\ : * ? " < > | %``, a leading dot, a trailing dot or space); the importer decodes them again.
 * ``csv``: one row per image, header ``path,label,split,...`` so it can be imported again. ``label`` holds
@@ -11,9 +13,8 @@
   where it was written), else relative to the data directory (``images/ab/<sha256>.png``: a zip or folder of
   the CSV next to the data directory's ``images/`` imports again).
 * ``history``: every label event in commit order (the append-only log, undo events included).
-* ``labelstudio``: a JSON list of tasks: ``data.image`` (a Label Studio local-files URL by default, relative
-  to the data directory), ``annotations`` from the current hard label and ``predictions`` (``model_version``,
-  ``score``) from the newest stored prediction. Results use ``from_name="cultivar"``, ``to_name="image"``.
+* ``labelstudio``: a JSON list of tasks and ``label_config.xml`` beside it
+  (:mod:`ila_core.data.formats.label_studio`).
 
 CSV cells that a spreadsheet would run as a formula (starting with ``= + - @``, tab or CR) get a leading
 apostrophe; the CSV importer strips it again.
@@ -32,18 +33,19 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import quote
 
-from ..store import LabelStore
+from ..store import DB_NAME, LabelStore
 from .archive import write_atomic
-from ..store import DB_NAME
+from .formats import hf_imagefolder, label_studio
 
 __all__ = ["export", "EXPORT_FORMATS", "neutralise_cell", "folder_name", "LABEL_STUDIO_PREFIX"]
 
 _logger = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("imagefolder", "csv", "history", "labelstudio")
-LABEL_STUDIO_PREFIX = "/data/local-files/?d="  # serve with LOCAL_FILES_DOCUMENT_ROOT = the data directory
+LABEL_STUDIO_PREFIX = label_studio.DEFAULT_PREFIX
+# Store split -> folder of the ImageFolder export.
+SPLIT_FOLDER_NAMES = {"train": "train", "holdout": "test", None: "unassigned"}
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _UNSAFE_IN_NAMES = set('/\\:*?"<>|%')
 _PAGE = 5000
@@ -67,7 +69,9 @@ def export(
         data_dir: the app's data directory (holds ``ila.db`` and ``images/``).
         out: a folder for 'imagefolder' (must be missing or empty), else a file (replaced atomically).
         fmt: 'imagefolder', 'csv', 'history' or 'labelstudio'.
-        image_url_prefix: Label Studio only: prepended to each image's path relative to ``data_dir``.
+        image_url_prefix: Label Studio only: prepended to each image's path relative to ``data_dir`` (the
+            default suits Local Storage with ``LOCAL_FILES_DOCUMENT_ROOT`` = ``data_dir``; a web server that
+            serves ``data_dir`` gives e.g. ``http://host:8081/``).
 
     Returns:
         A summary: format, output path and counts.
@@ -90,7 +94,7 @@ def export(
         elif fmt == "history":
             counts = _export_history(store, out)
         else:
-            counts = _export_labelstudio(store, out, image_url_prefix)
+            counts = label_studio.export_tasks(store, out, image_url_prefix)
     _logger.info("exported %s to %s: %s", fmt, out, counts)
     return {"format": fmt, "out": str(out), **counts}
 
@@ -145,11 +149,13 @@ def _export_imagefolder(store: LabelStore, data_dir: Path, out: Path) -> dict[st
                 missing += 1
                 continue
             split = item.split or "unassigned"
-            target = partial / split / folder_name(item.label) / source.name
+            target = partial / SPLIT_FOLDER_NAMES[item.split] / folder_name(item.label) / source.name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
             copied += 1
             per_split[split] += 1
+        folders = [f for f in SPLIT_FOLDER_NAMES.values() if (partial / f).is_dir()]
+        write_atomic(partial / "README.md", hf_imagefolder.dataset_card(folders).encode("utf-8"))
         if out.exists():
             out.rmdir()  # empty (checked above); os.replace cannot swap onto it everywhere
         os.replace(partial, out)
@@ -206,38 +212,3 @@ def _export_history(store: LabelStore, out: Path) -> dict[str, Any]:
     ]
     _write_csv(out, HISTORY_COLUMNS, rows)
     return {"events": len(rows)}
-
-
-def _choice(label: str) -> dict[str, Any]:
-    return {"from_name": "cultivar", "to_name": "image", "type": "choices", "value": {"choices": [label]}}
-
-
-def _export_labelstudio(store: LabelStore, out: Path, prefix: str) -> dict[str, Any]:
-    tasks, annotated, predicted = [], 0, 0
-    for image in _all_images(store):
-        task: dict[str, Any] = {
-            "id": image["id"],
-            "data": {
-                "image": prefix + quote(image["rel_path"]),
-                "sha256": image["sha256"],
-                "split": image["split"],
-                "original_name": image["original_name"],
-            },
-            "annotations": [],
-            "predictions": [],
-        }
-        if image["label_kind"] == "label":
-            task["annotations"].append({"result": [_choice(image["label"])], "was_cancelled": False})
-            annotated += 1
-        prediction = store.latest_prediction(image["id"])
-        if prediction and prediction["topk"]:
-            best = prediction["topk"][0]
-            task["predictions"].append({
-                "model_version": f"v{prediction['model_version_id']}",
-                "score": float(best["prob"]),
-                "result": [_choice(best["label"])],
-            })
-            predicted += 1
-        tasks.append(task)
-    write_atomic(out, json.dumps(tasks, ensure_ascii=False, indent=1).encode("utf-8"))
-    return {"tasks": len(tasks), "annotations": annotated, "predictions": predicted}

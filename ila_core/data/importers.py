@@ -5,15 +5,22 @@ Layouts (``fmt``; ``"auto"`` detects them, see :func:`detect_layout`):
 * ``imagefolder``: ``root/<cultivar>/*.png``; optionally split first, ``root/{train,holdout,test,val}/<cultivar>/``
   (test/val become our ``holdout``; ``unassigned/`` means no split). Files directly under ``root`` (or a split
   folder) are imported unlabelled. Folder names are percent-decoded, the inverse of the exporter's escaping.
-* ``csv``: header ``path,label[,split]`` (extra columns ignored); paths relative to the CSV or absolute; an
-  empty label imports unlabelled; a leading apostrophe that our exporter added before ``= + - @`` is removed.
-* ``ufg``: the UFG benchmark releases. Flat folders of ``<class>_<index>_<train|test>.<ext>`` (Cotton80,
-  SoyLocal, SoyGlobal); ``images/`` + ``anno/{train,test}.txt`` with lines ``<file> <class>`` (SoyGene); and
-  SoyAgeing's ``R1 R3 R4 R5 R6`` folders of the latter (the stage goes to ``metadata["growth_stage"]``).
-  The 1-based class id becomes the cultivar ``cultivar_0001`` (four digits: the largest set has 1,938 classes);
-  UFG ``test`` becomes ``holdout``.
-* a ``.zip`` of any of these, extracted safely first (no absolute or ``..`` names, no links, entry count,
-  size and compression-ratio caps); paths in a CSV inside a zip must stay inside the zip.
+* ``csv``: our CSV list, header ``path,label[,split]`` plus the export's ``label_kind``/``tentative_label``/
+  ``alt_label`` (:mod:`ila_core.data.formats.csv_list`).
+* ``ufg``: the UFG benchmark releases (:mod:`ila_core.data.formats.ufg`).
+* ``fiftyone``: FiftyOne's ``data/`` + ``labels.json`` classification export
+  (:mod:`ila_core.data.formats.fiftyone`).
+* ``coco``: ``images/`` + a COCO ``annotations.json``; the category of an image's annotations is its cultivar
+  (:mod:`ila_core.data.formats.coco`).
+* ``hf-imagefolder``: a Hugging Face imagefolder with ``metadata.csv``/``metadata.jsonl`` (cultivar in ``label``,
+  :mod:`ila_core.data.formats.hf_imagefolder`).
+* ``labelstudio``: a Label Studio JSON, JSON_MIN or CSV export, whose annotations become correction events of
+  images already stored (:mod:`ila_core.data.formats.label_studio`); read from a server path only.
+* a ``.zip`` of any of the folder layouts, extracted safely first (no absolute or ``..`` names, no links, entry
+  count, size and compression-ratio caps); paths in a CSV inside a zip must stay inside the zip.
+
+A tree holding a label file that the detected layout does not read is refused, naming the file (see
+:mod:`ila_core.data.layouts`); every result names the layout read.
 
 Reading server paths is an admin action. The app passes ``roots`` (its ``--import-root`` folders): the path
 and every file a layout names (CSV rows included, symlinks resolved) must lie inside one of them, and
@@ -33,11 +40,10 @@ import contextlib
 import hashlib
 import logging
 import tempfile
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ..images import (
     BadImage,
@@ -51,15 +57,14 @@ from ..images import (
 from ..store import DB_NAME, LabelStore, StoreError
 from ..store.validation import check_label
 from .archive import ArchiveRefused, ZipLimits, extract_zip, write_atomic
-from .layouts import FORMATS, PlannedFile, detect_layout, plan, ufg_label
+from .formats import label_studio
+from .layouts import FORMATS, PlannedFile, detect_layout, plan_layout, ufg_label
+from .results import ImportResult, summarise
 
 __all__ = ["ImportResult", "ZipLimits", "import_path", "detect_layout", "summarise", "ufg_label", "DB_NAME",
            "OutsideImportRoots", "TooManyFiles", "check_import_root"]  # fmt: skip
 
 _logger = logging.getLogger(__name__)
-
-
-Status = Literal["imported", "duplicate", "rejected"]
 
 
 class OutsideImportRoots(ValueError):
@@ -91,22 +96,6 @@ def check_import_root(path: Path, roots: Sequence[Path]) -> Path:
     return resolved
 
 
-@dataclass(frozen=True)
-class ImportResult:
-    """What happened to one file: ``status`` is imported, duplicate or rejected (with a reason)."""
-
-    file: str  # as the user knows it: relative to the import root, ``archive.zip!inner/path`` in a zip
-    status: Status
-    reason: str | None = None
-    image_id: int | None = None
-    label: str | None = None
-    split: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain dict for one JSON line."""
-        return asdict(self)
-
-
 def import_path(
     path: Path,
     data_dir: Path,
@@ -129,7 +118,7 @@ def import_path(
     Args:
         path: what to import.
         data_dir: the app's data directory (``ila.db`` and ``images/`` inside; created if missing).
-        fmt: 'auto', 'imagefolder', 'csv' or 'ufg'.
+        fmt: 'auto' or one of :data:`ila_core.data.layouts.FORMATS`.
         user: recorded as uploader and labeller.
         on_progress: called with (done, total) after each file.
         split: 'train' or 'holdout' for every new image, overriding the layout; None keeps the layout's.
@@ -163,6 +152,13 @@ def import_path(
         raise FileNotFoundError(f"nothing to import at {path}")
     data_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
+        if path.is_file() and (layout := detect_layout(path)) in label_studio.LAYOUTS:
+            if fmt not in ("auto", "labelstudio"):
+                raise ValueError(f"{path.name} is a Label Studio export ({layout}), not a {fmt} layout")
+            store = stack.enter_context(LabelStore.open(data_dir / DB_NAME, quick_check=quick_check))
+            yield from label_studio.import_annotations(path, layout, store, user=user, new_cultivars=new_cultivars,
+                                                       on_progress=on_progress)  # fmt: skip
+            return
         if _is_zip(path):
             cache = data_dir / "cache"
             cache.mkdir(exist_ok=True)
@@ -172,20 +168,28 @@ def import_path(
             except ArchiveRefused as exc:
                 yield ImportResult(path.name, "rejected", str(exc))
                 return
-            items = plan(root, fmt, confine=True, prefix=f"{path.name}!")
+            layout, items = plan_layout(root, fmt, confine=True, prefix=f"{path.name}!")
         else:
-            refused, items = [], plan(path, fmt)
+            refused, (layout, items) = [], plan_layout(path, fmt, data_dir=data_dir)
         if max_files is not None and len(items) > max_files:
             raise TooManyFiles(path.name, len(items), max_files)
         if roots is not None and not _is_zip(path):  # a zip's files are confined to it by plan()
-            items = [_confined(item, roots) for item in items]
-        yield from (ImportResult(f"{path.name}!{name}", "rejected", why) for name, why in refused)
+            # The store's own files count as inside: a CSV exported away from the data directory names them.
+            items = [_confined(item, [*roots, data_dir / "images"]) for item in items]
+        yield from (ImportResult(f"{path.name}!{name}", "rejected", why, layout="zip") for name, why in refused)
         store = stack.enter_context(LabelStore.open(data_dir / DB_NAME, quick_check=quick_check))
         ingest = _Ingester(store, data_dir, user=user, limits=limits, new_cultivars=new_cultivars)
         for done, item in enumerate(items, start=1):
-            yield ingest(item, split)
+            yield _annotated(ingest(item, split), item, layout)
             if on_progress is not None:
                 on_progress(done, len(items))
+
+
+def _annotated(result: ImportResult, item: PlannedFile, layout: str) -> ImportResult:
+    """The result with the label file's line, the layout read and the label kind (kept out of the reason)."""
+    asked = item.label is not None or item.kind != "label"
+    kind = item.kind if asked and result.status != "rejected" else None
+    return replace(result, line=item.line, layout=layout, kind=kind)
 
 
 def _is_zip(path: Path) -> bool:
@@ -199,23 +203,8 @@ def _confined(item: PlannedFile, roots: Sequence[Path]) -> PlannedFile:
     try:
         check_import_root(item.path, roots)
     except OutsideImportRoots:
-        return PlannedFile(item.display, error="outside the import roots")
+        return replace(item, path=None, error="outside the import roots")
     return item
-
-
-def summarise(results: Iterable[ImportResult]) -> dict[str, Any]:
-    """Counts per status, labels applied, and the most common rejection reasons."""
-    results = list(results)
-    status = Counter(r.status for r in results)
-    reasons = Counter(r.reason for r in results if r.status == "rejected")
-    return {
-        "total": len(results),
-        "imported": status["imported"],
-        "duplicate": status["duplicate"],
-        "rejected": status["rejected"],
-        "labelled": sum(1 for r in results if r.status == "imported" and r.label is not None),
-        "reasons": dict(reasons.most_common(20)),
-    }
 
 
 # -- ingest: item -> stored image + label ---------------------------------------------------------
@@ -244,9 +233,11 @@ class _Ingester:
         if item.error is not None:
             return ImportResult(item.display, "rejected", item.error)
         label, split = item.label, split_override or item.split
-        if label is not None:
+        if label is not None or item.alt_label is not None:
             try:
                 check_label(label)
+                if item.alt_label is not None:
+                    check_label(item.alt_label)
             except ValueError as exc:
                 return ImportResult(item.display, "rejected", f"bad label: {exc}")
         try:
@@ -307,9 +298,9 @@ class _Ingester:
         if not created:  # another writer stored the same bytes a moment ago
             return self._duplicate(item, self.store.image(image_id), label)
         self.stored[stored_sha] = image_id
-        if label is not None:
+        if label is not None or item.kind != "label":
             try:
-                self._record(image_id, loaded.sha256, label)
+                self._record(image_id, loaded.sha256, item)
             except (StoreError, ValueError) as exc:
                 return ImportResult(item.display, "imported", f"label not saved: {exc}", image_id, None, split)
         return ImportResult(item.display, "imported", None, image_id, label, split)
@@ -317,22 +308,25 @@ class _Ingester:
     def _duplicate(self, item: PlannedFile, row: dict[str, Any], label: str | None) -> ImportResult:
         image_id, kind, current = row["id"], row.get("label_kind"), row.get("label")
         reason = f"already stored as image {image_id}"
-        if label is not None and kind is None:
+        if (label is not None or item.kind != "label") and kind is None:
             try:
-                self._record(image_id, row["sha256"], label)
+                self._record(image_id, row["sha256"], item)
             except (StoreError, ValueError) as exc:
                 return ImportResult(item.display, "duplicate", f"{reason}; label not saved: {exc}", image_id, None,
                                     row.get("split"))  # fmt: skip
             reason += "; label applied"
-        elif label is not None and (kind != "label" or current != label):
-            reason += f" with label {current!r} ({kind}); import label {label!r} not applied"
+        elif (label is not None or item.kind != "label") and (kind != item.kind or current != label):
+            reason += f" with label {current!r} ({kind}); import label {label!r} ({item.kind}) not applied"
         return ImportResult(item.display, "duplicate", reason, image_id, label, row.get("split"))
 
-    def _record(self, image_id: int, sha: str, label: str) -> None:
-        # Deterministic event id: re-running the same import never stores the same label twice.
-        label_key = hashlib.sha256(label.encode()).hexdigest()[:16]
-        self.store.record_label(image_id, label, client_event_id=f"import:{sha}:{label_key}", user=self.user,
-                                source="import", allow_new_cultivar=self.new_cultivars)
+    def _record(self, image_id: int, sha: str, item: PlannedFile) -> None:
+        # Deterministic event id: re-running the same import never stores the same label twice (hard labels
+        # keep the key of earlier versions, so their re-imports stay no-ops).
+        key = item.label if item.kind == "label" else f"{item.kind}\0{item.label or ''}\0{item.alt_label or ''}"
+        label_key = hashlib.sha256(key.encode()).hexdigest()[:16]
+        self.store.record_label(image_id, item.label, client_event_id=f"import:{sha}:{label_key}", user=self.user,
+                                source="import", kind=item.kind, alt_label=item.alt_label,
+                                allow_new_cultivar=self.new_cultivars)  # fmt: skip
 
 
 def _read_capped(path: Path, cap: int) -> bytes:

@@ -181,6 +181,11 @@ class LabelsMixin(EventsBase):
         self._require_image(image_id)
         return self._current_event(image_id)
 
+    def label_event(self, client_event_id: str) -> dict[str, Any] | None:
+        """The event stored under ``client_event_id``, or None: lets an importer tell what it already stored."""
+        cid = check_text(client_event_id, "client_event_id", max_chars=200)
+        return self._row(f"{EVENT_SELECT} WHERE e.client_event_id = ?", [cid])
+
     def label_history(self, image_id: int | None = None, *, limit: int | None = None) -> list[dict[str, Any]]:
         """Label events in commit (id) order, for one image or all; ``limit`` keeps the newest ones."""
         if image_id is not None:
