@@ -174,3 +174,36 @@ def test_fit_in_steps_with_lp_init(data_dir):
     assert result.steps == 5 and result.steps_requested == 5 and not result.budget_cut
     assert result.head_init is not None and result.head_init["alpha"] > 0
     assert result.shortfall() is None and result.metrics is not None and not math.isnan(result.metrics.top1)
+
+
+def test_background_embedder_embeds_new_images_once(data_dir):
+    """After import every image gets its row once; later passes embed only what was added; the probe reuses them."""
+    import timm
+    from safetensors.torch import save_file
+
+    from ila_core.embeddings import BackgroundEmbedder, embeddings_dir
+    from ila_core.training.toydata import add_toy_images
+
+    # a weight file, as in the app: random-init backbones differ with the head size, files never do
+    weights = data_dir / "test_vit.safetensors"
+    save_file(timm.create_model("test_vit", pretrained=False, num_classes=0).state_dict(), str(weights))
+    backbone = BackboneConfig(name="test_vit", image_size=96, weights="file", weights_file=weights)
+    store = EmbeddingStore(embeddings_dir(data_dir))
+    indexer = BackgroundEmbedder(data_dir / "ila.db", data_dir, backbone, store, batch_size=8)
+    first = indexer.run_once()
+    assert first == 3 * (8 + 3) and indexer.status().done and not indexer.status().running
+    assert indexer.run_once() == 0
+    with LabelStore.open(data_dir / "ila.db") as db:
+        add_toy_images(db, data_dir, 1, range(100, 102), split="train")
+    assert indexer.run_once() == 2
+    calls = []  # the probe stage must find every row: count the images it embeds itself
+    from ila_core.embeddings import embedder as embedder_module
+
+    original = embedder_module.Embedder.compute
+    embedder_module.Embedder.compute = lambda self, *a, **k: calls.append(len(a[0])) or original(self, *a, **k)
+    try:
+        _enqueue(data_dir, variant="probe", method_overrides={}, backbone=backbone)
+        Worker(data_dir, progress_interval_s=0, embeddings=store).run_once()
+    finally:
+        embedder_module.Embedder.compute = original
+    assert sum(calls) == 3 * 8 + 1 * 2  # only the mirror views of the training images were new

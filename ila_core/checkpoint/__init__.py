@@ -17,7 +17,7 @@ unparseable, sha256 mismatch (FLT-16), backbone mismatch (FLT-15), unexpected / 
 
 from __future__ import annotations
 
-from .build import backbone_fingerprint, build_reproducible, reinit_trainable
+from .build import backbone_fingerprint, backbone_identity, build_reproducible, reinit_trainable
 from .format import FORMAT, RANDOM_INIT_SEED, CheckpointError, CheckpointInfo, manifest_path_for
 from .load import (
     check_backbone,
@@ -38,6 +38,7 @@ __all__ = [
     "RANDOM_INIT_SEED",
     "build_reproducible",
     "backbone_fingerprint",
+    "backbone_identity",
     "manifest_path_for",
     "save_checkpoint",
     "sweep_temp_files",

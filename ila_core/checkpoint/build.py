@@ -71,3 +71,12 @@ def backbone_fingerprint(model: nn.Module) -> str:
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
+
+
+def backbone_identity(built: BuiltModel) -> str:
+    """Key of the frozen backbone for caches: the weight file's sha256 (plus how its position grid was resized),
+    or, without a weight file, the fingerprint of the tensors themselves."""
+    if not built.weights_sha256:
+        return backbone_fingerprint(built.model)
+    resize = getattr(built.backbone, "pos_embed_resize", "timm")
+    return built.weights_sha256 if resize == "timm" else f"{built.weights_sha256}|pos:{resize}"

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from ..adapters import LinearProbeConfig
-from ..checkpoint import backbone_fingerprint, build_reproducible
+from ..checkpoint import backbone_identity, build_reproducible
 from ..config import BackboneConfig
 from ..training.dataset import Sample, open_rgb
 from ..training.transforms import Preprocess, preprocess_for, view_transform
@@ -79,7 +79,7 @@ def build_embedder(
 ) -> Embedder:
     """An :class:`Embedder` over ``backbone``'s frozen weights (no adapters, a dummy one-class head)."""
     built = build_reproducible(backbone, LinearProbeConfig(train_cls_token=False), 1, data_dir=data_dir)
-    ident = weights_sha256 or built.weights_sha256 or backbone_fingerprint(built.model)
+    ident = weights_sha256 or backbone_identity(built)
     prep = preprocess_for(built.model, backbone.image_size, resize_ratio)
     return Embedder(built.model, prep, ident, device=device)
 

@@ -47,7 +47,8 @@ def job_params(
         "method_overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in (method_overrides or {}).items()},
         "train": {k: v for k, v in train_overrides.items() if v is not None},
         "backbone": {"name": b.name, "image_size": b.image_size, "weights": b.weights,
-                     "weights_file": None if b.weights_file is None else str(b.weights_file)},  # fmt: skip
+                     "weights_file": None if b.weights_file is None else str(b.weights_file),
+                     "normalization": b.normalization, "pos_embed_resize": b.pos_embed_resize},  # fmt: skip
     }
     parse_job_params(params)
     return params

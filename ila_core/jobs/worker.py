@@ -46,6 +46,8 @@ class Worker:
         stale_after_s: a running job without a heartbeat for this long is marked failed (and its child killed).
         share_from: returns a model (e.g. the served one) whose frozen tensors a thread-mode job may share.
         on_event: progress/epoch/finished callback (thread mode; called from the training thread).
+        embeddings: the frozen-embedding store (shared with the app's background embedder); one under
+            ``<data_dir>/cache/embeddings`` by default.
         on_promoted: called with the version id after each auto-promotion, as it happens (e.g. ``predictor.sync``;
             a job may promote its probe within seconds and its ILA version minutes later).
     """
@@ -63,6 +65,7 @@ class Worker:
         on_promoted: Callable[[int], None] | None = None,
         progress_interval_s: float = 1.0,
         cache_memory_mb: float = 512,
+        embeddings: EmbeddingStore | None = None,
     ) -> None:
         if mode not in ("thread", "process"):
             raise ValueError(f"mode must be 'thread' or 'process', got {mode!r}")
@@ -78,7 +81,7 @@ class Worker:
         self._child: Any = None
         self._child_stop: Any = None
         self._cache: FeatureCache | None = None
-        self._embeddings: EmbeddingStore | None = None
+        self._embeddings: EmbeddingStore | None = embeddings
         self._cache_mb = cache_memory_mb
         self.last_outcome: RunOutcome | None = None
 

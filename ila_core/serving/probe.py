@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from ..adapters import LinearProbeConfig
 from ..backbone import BuiltModel
-from ..checkpoint import backbone_fingerprint, build_reproducible
+from ..checkpoint import backbone_identity, build_reproducible
 from ..config import BackboneConfig
 from ..embeddings import Embedder, EmbeddingStore, cls_part, embed_samples
 from ..training.dataset import TrainingSet
@@ -83,7 +83,7 @@ def fit_probe_version(
             _logger.info("probe does not share backbone tensors: %s", exc)
     model = built.model
     embedder = Embedder(model, preprocess_for(model, backbone.image_size, resize_ratio),
-                        built.weights_sha256 or backbone_fingerprint(model))  # fmt: skip
+                        backbone_identity(built))  # fmt: skip
     start = time.perf_counter()
     jobs = [(data.train, 0), *([(data.train, 1)] if hflip else []), (data.holdout, 0)]
     total = sum(len(samples) for samples, _ in jobs)

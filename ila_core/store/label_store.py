@@ -208,6 +208,12 @@ class LabelStore(LabelsMixin, VersionsMixin, JobsMixin):
         rows = self._rows(f"{_IMAGE_SELECT} {where} ORDER BY i.id{page}", params)
         return [load_json_columns(row, "metadata") for row in rows]
 
+    def images_since(self, after_id: int, *, limit: int | None = None) -> list[dict[str, Any]]:
+        """Images with ``id > after_id`` in id order (a watermark walk for background work)."""
+        page, params = ("", [int(after_id)]) if limit is None else (" LIMIT ?", [int(after_id), int(limit)])
+        rows = self._rows(f"{_IMAGE_SELECT} WHERE i.id > ? ORDER BY i.id{page}", params)
+        return [load_json_columns(row, "metadata") for row in rows]
+
     def count_images(
         self, *, split: str | None = None, cultivar: str | None = None, labelled: bool | None = None
     ) -> int:

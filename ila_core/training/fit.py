@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 from ..backbone import BuiltModel
-from ..checkpoint import backbone_fingerprint
+from ..checkpoint import backbone_identity
 from .budget import StepBudget
 from .collectives import DistContext, _all_mean, _all_min, _all_reduce_counts, _dist_device
 from .config import TrainConfig, resolve_device
@@ -90,7 +90,7 @@ def _inputs(built: BuiltModel, model: nn.Module, data: TrainingSet, config: Trai
         return _Inputs(ImageDataset(data.train, train_transform(prep, hflip=config.hflip)),
                        ImageDataset(data.holdout, eval_transform(prep)), model, config.num_workers, fixed, False), None  # fmt: skip
     cache = cache or FeatureCache(max_memory_mb=1024)
-    features = CachedFeatures(model, plan, prep, cache, built.weights_sha256 or backbone_fingerprint(model))
+    features = CachedFeatures(model, plan, prep, cache, backbone_identity(built))
     features.fill(data.train, views, batch_size=config.eval_batch_size, should_stop=stop,
                   on_batch=lambda d, n: progress({"phase": "cache", "step": d, "total_steps": n}))  # fmt: skip
     features.fill(data.holdout, (0,), batch_size=config.eval_batch_size, should_stop=stop)

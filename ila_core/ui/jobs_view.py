@@ -14,8 +14,9 @@ from .labelling import as_text
 __all__ = ["HISTORY_HEADERS", "history_rows", "job_card_html", "job_fraction", "short_duration"]
 
 HISTORY_HEADERS = ["Job", "Status", "By", "Started", "Duration", "Result"]
-_PHASES = {"prepare": "preparing data", "cache": "caching frozen features", "train": "training adapters",
-           "eval": "evaluating on holdout"}  # fmt: skip
+_PHASES = {"prepare": "preparing data", "embed": "embedding images with the frozen backbone",
+           "probe": "fitting the probe", "cache": "caching frozen features", "head": "fitting the head (LP-FT)",
+           "train": "training adapters", "eval": "evaluating on holdout"}  # fmt: skip
 
 
 def _when(text: str | None) -> datetime | None:
@@ -79,8 +80,8 @@ def job_card_html(job: dict[str, Any] | None, now: datetime | None = None) -> st
                 bits.append(f"loss {float(p['loss']):.3f}")
             if p.get("eta_s") is not None:
                 bits.append(f"about {short_duration(float(p['eta_s']))} left")
-        elif p.get("phase") == "cache" and p.get("total"):
-            bits.append(f"{p.get('done', 0)}/{p['total']} images")
+        elif p.get("phase") in ("cache", "embed") and p.get("total_steps"):
+            bits.append(f"{p.get('step', 0)}/{p['total_steps']} images")
         lines.append(" · ".join(bits))
         if job.get("cancel_requested"):
             lines.append("Cancel requested; stopping after the current batch.")

@@ -25,15 +25,17 @@ _logger = logging.getLogger(__name__)
 
 VERSION_HEADERS = [
     "Version",
+    "Kind",
     "Status",
     "Created",
     "Top-1",
     "Top-5",
     "Macro F1",
     "Holdout images",
-    "Epochs",
+    "Trained",
     "Job",
     "Parent",
+    "Why (not) served",
 ]
 
 
@@ -48,9 +50,10 @@ def version_rows(versions: list[dict[str, Any]], served: int | None) -> list[lis
         m = v.get("metrics") or {}
         extra = (v.get("manifest") or {}).get("extra") or {}
         status = v["status"] + (" · serving" if v["id"] == served else "")
-        rows.append([f"v{v['id']}", status, (v.get("created_at") or "")[:16].replace("T", " "), _num(m.get("top1")),
-                     _num(m.get("top5")), _num(m.get("macro_f1")), m.get("count", ""), extra.get("epochs", ""),
-                     v.get("job_id") or "", f"v{v['parent_id']}" if v.get("parent_id") else ""])  # fmt: skip
+        trained = f"{extra['steps']}/{extra['steps_requested']} steps" if extra.get("steps_requested") else extra.get("epochs", "")
+        rows.append([f"v{v['id']}", v.get("kind", "ila"), status, (v.get("created_at") or "")[:16].replace("T", " "),
+                     _num(m.get("top1")), _num(m.get("top5")), _num(m.get("macro_f1")), m.get("count", ""), trained,
+                     v.get("job_id") or "", f"v{v['parent_id']}" if v.get("parent_id") else "", v.get("note") or ""])  # fmt: skip
     return rows
 
 
