@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from ..data.exporters import export
+from ..data.exporters import LABEL_STUDIO_PREFIX, export
 from ..data.importers import import_path, summarise
 from .errors import UserFacing, guarded
 from .labelling import as_text
@@ -28,13 +28,15 @@ _logger = logging.getLogger(__name__)
 EXPORTS = {
     "csv": ("CSV of current labels", "labels.csv"),
     "history": ("Label history (every event)", "history.csv"),
-    "labelstudio": ("Label Studio JSON", "labelstudio.json"),
+    "labelstudio": ("Label Studio JSON + label_config.xml (.zip)", "labelstudio.json"),
     "imagefolder": ("ImageFolder tree (.zip)", "imagefolder"),
 }
 FORMATS = {"Detect automatically": "auto", "ImageFolder": "imagefolder", "CSV (path,label[,split])": "csv",
-           "UFG benchmark layout": "ufg"}  # fmt: skip
+           "UFG benchmark layout": "ufg", "FiftyOne classification (data/ + labels.json)": "fiftyone",
+           "COCO (images/ + annotations.json)": "coco", "Hugging Face imagefolder (metadata.csv/jsonl)":
+           "hf-imagefolder", "Label Studio export (JSON, JSON_MIN, CSV): annotations": "labelstudio"}  # fmt: skip
 SPLIT_OVERRIDE = {"Keep the layout's split": None, "All to train": "train", "All to holdout": "holdout"}
-REPORT_HEADERS = ["File", "Status", "Reason", "Label", "Split"]
+REPORT_HEADERS = ["File", "Status", "Reason", "Label", "Split", "Line"]
 _REPORT_ROWS = 500
 
 
@@ -57,16 +59,24 @@ def counts_table(studio: Studio) -> tuple[list[list[Any]], str]:
 
 def _report(results: list[Any]) -> tuple[list[list[Any]], str]:
     s = summarise(results)
-    rows = [[r.file, r.status, r.reason or "", r.label or "", r.split or ""] for r in results[:_REPORT_ROWS]]
+    rows = [[r.file, r.status, r.reason or "", r.label or "", r.split or "", r.line or ""]
+            for r in results[:_REPORT_ROWS]]  # fmt: skip
     text = (f"**{s['imported']} imported** ({s['labelled']} with labels), {s['duplicate']} duplicates, "
             f"{s['rejected']} rejected, of {s['total']} files.")  # fmt: skip
+    if s["skipped"]:
+        text += f" {s['skipped']} skipped."
+    if s["layout"]:
+        text += f" Layout read: {as_text(s['layout'])}."
     if len(results) > _REPORT_ROWS:
         text += f" The report shows the first {_REPORT_ROWS} files."
     return rows, text
 
 
-def run_export(studio: Studio, fmt: str) -> Path:
-    """Write one export into a fresh folder of Gradio's cache; returns the file to download."""
+def run_export(studio: Studio, fmt: str, image_url_prefix: str | None = None) -> Path:
+    """Write one export into a fresh folder of Gradio's cache; returns the file to download.
+
+    ``image_url_prefix`` (Label Studio only) replaces the default Local Storage URL before each image path.
+    """
     if fmt not in EXPORTS:
         raise UserFacing(f"Unknown export format {fmt!r}.")
     folder = Path(tempfile.mkdtemp(prefix="export-", dir=studio.temp_dir))
@@ -75,6 +85,12 @@ def run_export(studio: Studio, fmt: str) -> Path:
         export(studio.data_dir, folder / name, fmt=fmt)
         archive = shutil.make_archive(str(folder / "ila-imagefolder"), "zip", root_dir=folder / name)
         shutil.rmtree(folder / name, ignore_errors=True)
+        return Path(archive)
+    if fmt == "labelstudio":  # the tasks and the label_config.xml written beside them, as one download
+        prefix = image_url_prefix or LABEL_STUDIO_PREFIX
+        export(studio.data_dir, folder / "ls" / name, fmt=fmt, image_url_prefix=prefix)
+        archive = shutil.make_archive(str(folder / "ila-labelstudio"), "zip", root_dir=folder / "ls")
+        shutil.rmtree(folder / "ls", ignore_errors=True)
         return Path(archive)
     export(studio.data_dir, folder / name, fmt=fmt)
     return folder / name
@@ -113,6 +129,9 @@ def build_data_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
             with gr.Row(elem_classes=["ila-toolbar"]):
                 export_fmt = gr.Dropdown([(v[0], k) for k, v in EXPORTS.items()], value="csv", label="Format", scale=3)
                 export_btn = gr.Button("Export", variant="primary", scale=1, min_width=120)
+            url_prefix = gr.Textbox(label="Label Studio image URL prefix", value=LABEL_STUDIO_PREFIX,
+                                    info="Before each image path relative to the data directory (the default is "
+                                    "Label Studio's Local Storage; see the README)")  # fmt: skip
             download = gr.File(label="Download", interactive=False, height=80)
 
     @guarded
@@ -156,8 +175,8 @@ def build_data_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
         return [rows, line + f" · added {as_text(name)}", ""]
 
     @guarded
-    def on_export(fmt_key: str) -> str:
-        return str(run_export(studio, fmt_key))
+    def on_export(fmt_key: str, prefix: str) -> str:
+        return str(run_export(studio, fmt_key, (prefix or "").strip() or None))
 
     demo.load(load_counts, None, [counts, totals], api_visibility="private", queue=False)
     tab.select(load_counts, None, [counts, totals], api_visibility="private", queue=False)
@@ -169,5 +188,5 @@ def build_data_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
         load_counts, None, [counts, totals], api_visibility="private", queue=False)  # fmt: skip
     add_btn.click(on_add, [new_cultivar], [counts, totals, new_cultivar], api_name="ui_add_cultivar",
                   api_visibility="private")  # fmt: skip
-    export_btn.click(on_export, [export_fmt], [download], api_name="ui_export", api_visibility="private",
+    export_btn.click(on_export, [export_fmt, url_prefix], [download], api_name="ui_export", api_visibility="private",
                      concurrency_id="export", concurrency_limit=1)  # fmt: skip
