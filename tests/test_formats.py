@@ -243,7 +243,8 @@ def store_dir(tmp_path) -> Path:
 
 def test_imagefolder_export_loads_every_split_in_datasets_and_round_trips(store_dir, tmp_path):
     """datasets sees train 3, test 2 and the unassigned pool 1 (load_dataset on the folder reads the README's
-    configs; the "imagefolder" builder alone sees train and test); importing the export gives the labels back."""
+    configs; the "imagefolder" builder alone sees train and test), torchvision reads a split folder; importing the
+    export gives the labels back."""
     datasets = pytest.importorskip("datasets")
     out = tmp_path / "export"
     summary = export(store_dir, out, fmt="imagefolder")
@@ -253,6 +254,9 @@ def test_imagefolder_export_loads_every_split_in_datasets_and_round_trips(store_
     assert every["train"].features["label"].names == ["Alpha", "Beta"]
     builder = datasets.load_dataset("imagefolder", data_dir=str(out), cache_dir=str(tmp_path / "cache2"))
     assert {s: builder[s].num_rows for s in builder} == {"train": 3, "test": 2}
+    from torchvision.datasets import ImageFolder
+
+    assert len(ImageFolder(str(out / "train"))) == 3 and ImageFolder(str(out / "test")).classes == ["Alpha", "Beta"]
     results = _run(out, tmp_path / "fresh")
     assert {r.status for r in results} == {"imported"} and {r.layout for r in results} == {"imagefolder"}
     assert _labels(tmp_path / "fresh") == _labels(store_dir)
