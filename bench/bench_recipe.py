@@ -15,9 +15,11 @@ frozen-prefix :class:`~ila_core.training.feature_cache.FeatureCache`, so ``fit``
 trains. ``est_job_s`` adds back what a real job would spend filling its own prefix (that share of the
 backbone pass), so the 10-minute criterion is judged on the whole job.
 
-Wide candidates run at every size; the others only at ``--narrow-sizes`` (default: the first size), because
-ILA after blocks (3, 7) costs 1-4 s per step here. Results are appended to ``bench/results/recipe.json``
-after every run (a cut-off study keeps what it measured; ``--resume`` skips runs already there).
+Wide candidates run at every size; the others only at ``--narrow-sizes`` (default: the first size), and a
+candidate with ``seeds=n`` only on the first n of ``--seeds``: on 2 busy CPU cores one 120-step ILA run after
+block 9 takes about 3 minutes, so screening runs get fewer seeds (the table's ``seeds`` column says how many).
+Results are appended to ``bench/results/recipe.json`` after every run (a cut-off study keeps what it measured;
+``--resume`` skips runs already there).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import torch
 
 from bench.common import RESULTS, machine
 from ila_core.adapters import method_config
+from ila_core.checkpoint import backbone_identity
 from ila_core.config import BackboneConfig
 from ila_core.data.synthetic import SyntheticConfig, cultivar_names, write_demo_set
 from ila_core.embeddings import Embedder, build_embedder
@@ -70,24 +73,26 @@ class Candidate:
     method: dict[str, Any] = field(default_factory=dict)  # ILAConfig overrides
     optimizer: str = "sgd"  # "sgd" (Nesterov, as fit builds it) or "adamw" (same groups, see _adamw)
     wide: bool = False  # run at every size (else only at --narrow-sizes)
+    seeds: int | None = None  # at most this many of --seeds (the first ones); None = all
 
 
 _BASE = {"steps": 120, "lp_init": True}
-CANDIDATES: dict[str, Candidate] = {c.name: c for c in [
+CANDIDATES: dict[str, Candidate] = {c.name: c for c in [  # in priority order: a cut-off study keeps the first
     Candidate("probe", "ridge on frozen CLS, alpha by CV on train", wide=True),
-    Candidate("paper-quick", "DS (3,7), quick preset as shipped (8 epochs)", "paper"),
-    Candidate("paper-lpft", "DS (3,7), quick preset + LP-FT head", "paper", {"lp_init": True}),
-    Candidate("late", "DS (9,10), 120 steps, random head", "late", {"steps": 120}, wide=True),
     Candidate("late-lpft", "DS (9,10), 120 steps, LP-FT head", "late", _BASE, wide=True),
-    Candidate("late-lpft-40", "as late-lpft, 40 steps", "late", {**_BASE, "steps": 40}),
-    Candidate("late-lpft-360", "as late-lpft, 360 steps", "late", {**_BASE, "steps": 360}),
+    Candidate("late", "DS (9,10), 120 steps, random head", "late", {"steps": 120}, wide=True),
+    Candidate("paper-quick", "DS (3,7), quick preset as shipped (8 epochs)", "paper", seeds=3),
+    Candidate("paper-lpft", "DS (3,7), quick preset + LP-FT head", "paper", {"lp_init": True}, seeds=3),
+    Candidate("last-lpft", "DS (10,11), 120 steps, LP-FT head", "last", _BASE, seeds=2),
     Candidate("late-lpft-adamw", "as late-lpft, AdamW lr 1e-3", "late",
-              {**_BASE, "lr": 1e-3, "warmup_lr": 1e-5, "min_lr": 1e-5}, optimizer="adamw"),
+              {**_BASE, "lr": 1e-3, "warmup_lr": 1e-5, "min_lr": 1e-5}, optimizer="adamw", seeds=2),
     Candidate("late-lpft-alr5", "as late-lpft, head lr 0.02, adapters 0.1", "late",
-              {**_BASE, "lr": 0.02, "adapter_lr_scale": 5.0}),
-    Candidate("late-lpft-b32", "as late-lpft, bottleneck 32", "late", _BASE, {"bottleneck_dim": 32}),
-    Candidate("late-lpft-ones", "as late-lpft, shortcut exactly ones", "late", _BASE, {"shortcut_init": "ones"}),
-    Candidate("last-lpft", "DS (10,11), 120 steps, LP-FT head", "last", _BASE),
+              {**_BASE, "lr": 0.02, "adapter_lr_scale": 5.0}, seeds=2),
+    Candidate("late-lpft-b32", "as late-lpft, bottleneck 32", "late", _BASE, {"bottleneck_dim": 32}, seeds=2),
+    Candidate("late-lpft-60", "as late-lpft, 60 steps", "late", {**_BASE, "steps": 60}, seeds=2),
+    Candidate("late-lpft-240", "as late-lpft, 240 steps", "late", {**_BASE, "steps": 240}, seeds=2),
+    Candidate("late-lpft-ones", "as late-lpft, shortcut exactly ones", "late", _BASE, {"shortcut_init": "ones"},
+              seeds=2),
 ]}  # fmt: skip
 QUICK = {"probe": {}, "paper-quick": {"steps": 2}, "late-lpft": {"steps": 2}}  # smoke: 2 steps each
 
@@ -184,7 +189,8 @@ def _adamw() -> Iterator[None]:
     original = fit_module.build_optimizer
 
     def build(net: torch.nn.Module, **kwargs: Any) -> torch.optim.Optimizer:
-        groups = [{k: g[k] for k in ("params", "weight_decay", "lr_scale")} for g in original(net, **kwargs).param_groups]
+        sgd = original(net, **kwargs)
+        groups = [{k: g[k] for k in ("params", "weight_decay", "lr_scale")} for g in sgd.param_groups]
         return torch.optim.AdamW(groups, lr=kwargs["lr"])
 
     fit_module.build_optimizer = build
@@ -208,7 +214,7 @@ def _ila(cand: Candidate, backbone: BackboneConfig, data: TrainingSet, bank: dic
     if plan is None or plan.embed_only or plan.full_blocks != locs[0] or not plan.split_block:
         raise RuntimeError(f"unexpected prefix plan {plan} for {locs}")
     prep = preprocess_for(model, config.image_size or built.backbone.image_size, config.resize_ratio)
-    ident = built.weights_sha256 or fit_module.backbone_fingerprint(model)
+    ident = backbone_identity(built)  # what fit keys its cache with
     cache = FeatureCache(max_memory_mb=8192)
     keys = CachedFeatures(model, plan, prep, cache, ident)
     for (sha, view), t in bank[locs[0]].items():
@@ -249,19 +255,21 @@ def summarise(runs: list[dict[str, Any]], budget_s: float = 600.0, aim: float = 
         dsd = statistics.stdev(deltas) if len(deltas) > 1 else 0.0
         job = statistics.mean(r["est_job_s"] for r in rs)
         dmean = statistics.mean(deltas) if deltas else None
-        rows.append({"candidate": name, "size": size, "seeds": len(rs), "top1": f"{statistics.mean(top):.3f} ± {sd:.3f}",
+        rows.append({"candidate": name, "size": size, "seeds": len(rs),
+                     "top1": f"{statistics.mean(top):.3f} ± {sd:.3f}",
                      "delta_vs_probe": "" if dmean is None else f"{dmean:+.3f} ± {dsd:.3f}",
                      "train_s": round(statistics.mean(r["train_s"] for r in rs), 1), "est_job_s": round(job, 1),
                      "steps": round(statistics.mean(r["steps"] for r in rs)),
                      "meets_aim": bool(dmean is not None and name != "probe" and dmean >= aim and job <= budget_s),
-                     "top1_mean": round(statistics.mean(top), 4), "delta_mean": None if dmean is None else round(dmean, 4)})  # fmt: skip
+                     "top1_mean": round(statistics.mean(top), 4),
+                     "delta_mean": None if dmean is None else round(dmean, 4)})  # fmt: skip
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of :func:`summarise` rows."""
-    out = ["| candidate | cultivars x imgs | seeds | top-1 mean ± std | Δ vs probe (paired) | steps | train s | est. job s |",
-           "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    out = ["| candidate | cultivars x imgs | seeds | top-1 mean ± std | Δ vs probe (paired) | steps | train s "
+           "| est. job s |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         out.append(f"| {r['candidate']} | {r['size']} | {r['seeds']} | {r['top1']} | {r['delta_vs_probe']} | "
                    f"{r['steps']} | {r['train_s']} | {r['est_job_s']} |")  # fmt: skip
@@ -306,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "probe" not in names:
         names.insert(0, "probe")  # every delta is paired with the probe on the same seed and size
     sizes = [Size.parse(s, args.holdout_per_class) for s in args.sizes.split(",")]
-    narrow = {Size.parse(s, args.holdout_per_class) for s in args.narrow_sizes.split(",")} if args.narrow_sizes else {sizes[0]}
+    narrow = {Size.parse(s, args.holdout_per_class) for s in (args.narrow_sizes or args.sizes.split(",")[0]).split(",")}
     seeds = [int(s) for s in args.seeds.split(",")]
     backbone = BackboneConfig(name=args.backbone, image_size=args.image_size, weights=args.weights)
     work = args.work_dir or (args.data_dir or Path("/tmp")) / "recipe-sets"
@@ -322,13 +330,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def save() -> None:
         nonlocal result
         result = {"benchmark": "bench_recipe", "title": "Quick recipe study: holdout top-1 over seeds, ILA vs probe",
-                  "machine": machine(), "settings": settings, "candidates": {n: dataclasses.asdict(CANDIDATES[n]) for n in names},
+                  "machine": machine(), "settings": settings,
+                  "candidates": {n: dataclasses.asdict(c) for n, c in CANDIDATES.items()},
                   "rows": summarise(runs), "runs": runs}  # fmt: skip
         _write(args.out, result)
 
     for size in sizes:
-        chosen = [n for n in names if CANDIDATES[n].wide or size in narrow]
         for seed in seeds:
+            chosen = [n for n in names if (CANDIDATES[n].wide or size in narrow)
+                      and seed in seeds[: CANDIDATES[n].seeds or len(seeds)]]
             todo = [n for n in chosen if (n, size.label(), seed) not in done]
             if not todo:
                 continue
