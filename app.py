@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--auth", type=Path, default=None, metavar="USERS_FILE",
                    help="users file, one 'name:password[:admin]' per line (or set ILA_USERS on loopback)")  # fmt: skip
+    p.add_argument("--import-root", type=Path, action="append", default=[], metavar="DIR",
+                   help="a server folder admins may import from (repeatable; without one, server-path imports are off)")  # fmt: skip
     p.add_argument("--backbone", default=None, help="timm model name (default: the shipped DINOv2 ViT-S/14)")
     p.add_argument("--image-size", type=int, default=None, help="model input size (default: 224; 96 for test_vit)")
     p.add_argument("--weights", choices=["default", "none"], default="default",
@@ -63,7 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = args.backbone or DEFAULT_BACKBONE
         size = args.image_size or (96 if name == "test_vit" else 224)
         backbone = BackboneConfig(name=name, image_size=size, weights=args.weights)
-        options = StudioOptions(backbone=backbone, start_worker=not args.no_worker, seed_demo=not args.no_demo)
+        roots = tuple(args.import_root)
+        missing = [str(r) for r in roots if not r.is_dir()]
+        if missing:
+            raise ValueError(f"--import-root must name existing folders: {', '.join(missing)}")
+        options = StudioOptions(backbone=backbone, start_worker=not args.no_worker, seed_demo=not args.no_demo,
+                                import_roots=roots)  # fmt: skip
         users = load_users(args.auth)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

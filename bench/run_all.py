@@ -16,6 +16,7 @@ SCRIPTS = [  # (module, extra args)
     ("bench.bench_explain", []),
     ("bench.synthetic_probe", ["--data-dir", "data", "--out", "bench/results/synthetic_probe.json"]),
     ("bench.bench_load", []),
+    ("bench.bench_recipe", ["--data-dir", "data", "--resume"]),  # tens of minutes on 2 CPU cores
 ]
 
 

@@ -28,7 +28,8 @@ from ila_core.ui.launch import DELETE_CACHE
 def app(tmp_path_factory):
     """A launched studio whose first (seeded) training job has finished."""
     data_dir = tmp_path_factory.mktemp("studio")
-    with launched(data_dir, small_options()) as (demo, url, studio):
+    options = small_options(import_roots=(tmp_path_factory.mktemp("incoming"),))
+    with launched(data_dir, options) as (demo, url, studio):
         job = wait_for_job(studio, timeout=120)
         assert job["status"] == "succeeded", job["message"]
         yield demo, url, studio
@@ -153,7 +154,7 @@ def test_correction_for_an_unknown_image_is_refused_without_an_event(client, app
 
 @pytest.mark.parametrize("target", ["outside", "database"])
 def test_file_outside_the_upload_cache_is_refused(app, tmp_path, target):
-    """A FileData payload pointing outside Gradio's upload cache is refused; nothing is stored (API-10)."""
+    """A FileData payload pointing outside Gradio's upload cache is refused without naming paths (API-10)."""
     _, url, studio = app
     secret = tmp_path / "secret.png"
     next(generate(SyntheticConfig(num_cultivars=3, image_size=96), 1, start_index=900))[1].save(secret)
@@ -164,8 +165,8 @@ def test_file_outside_the_upload_cache_is_refused(app, tmp_path, target):
     with httpx.Client() as http:
         msg = raw_queue_call(url, fn_index(url, "predict", http), [payload], http)
     error = str(msg.get("output"))
-    assert msg.get("success") is False and "Cannot move" in error
-    assert ("not uploaded by a user" in error) if target == "outside" else ("blocked_paths" in error)
+    assert msg.get("success") is False and "File refused" in error  # one generic refusal, no server paths
+    assert str(path) not in error and "blocked_paths" not in error and str(studio.data_dir) not in error
     with studio.store() as store:
         assert store.count_images() == before
 
@@ -351,18 +352,19 @@ def test_counts_table_adds_up_per_cultivar(app):
     assert sum(r[4] for r in rows) == labelled and f"{labelled} with a cultivar label" in line
 
 
-def test_server_folder_import_reports_every_file(app, tmp_path):
+def test_server_folder_import_reports_every_file(app):
     """The Data tab's server-path import (as the local admin) reports one line per file, bad files included."""
     _, url, studio = app
-    folder = tmp_path / "incoming" / "train" / "Amber-01"
+    root = studio.options.import_roots[0] / "batch-1"
+    folder = root / "train" / "Amber-01"
     folder.mkdir(parents=True)
     for n, (_, image) in enumerate(generate(SyntheticConfig(num_cultivars=3, image_size=96), 2, start_index=800)):
         image.save(folder / f"a{n}.png")
     (folder / "broken.png").write_bytes(b"not an image")
-    args = [str(tmp_path / "incoming"), "Detect automatically", "Keep the layout's split"]
+    args = [str(root), "Detect automatically", "Keep the layout's split"]
     with httpx.Client() as http:
         msg = raw_queue_call(url, fn_index(url, "ui_import_path", http), args, http)
-    report, summary = msg["output"]["data"]
+    report, summary = msg["output"]["data"][:2]
     statuses = sorted(row[1] for row in report["data"])
     assert msg["success"] and statuses == ["imported"] * 6 + ["rejected"] and "6 imported" in summary
 
@@ -381,3 +383,45 @@ def test_version_comparison_lists_metrics_and_flipped_images(client, app):
         stored = [store.latest_prediction(r["id"], diff.baseline["id"]) for r in holdout]
     assert [row[0] for row in diff.metrics][0] == "Top-1 accuracy" and diff.compared == len(holdout)
     assert all(p is not None for p in stored) and all(f["before"] != f["after"] for f in diff.flipped)
+
+
+def test_large_server_import_runs_in_the_background(app, monkeypatch):
+    """API-21: an import above the inline size runs as a background job (the request returns at once)."""
+    import dataclasses
+
+    _, url, studio = app
+    monkeypatch.setattr(studio, "options", dataclasses.replace(studio.options, inline_import_files=2))
+    root = studio.options.import_roots[0] / "batch-2" / "Amber-01"
+    root.mkdir(parents=True)
+    for n, (_, image) in enumerate(generate(SyntheticConfig(num_cultivars=3, image_size=96), 1, start_index=820)):
+        image.save(root / f"b{n}.png")
+    for n in range(3):
+        (root / f"broken{n}.png").write_bytes(b"not an image")
+    args = [str(root.parent), "Detect automatically", "Keep the layout's split"]
+    with httpx.Client() as http:
+        msg = raw_queue_call(url, fn_index(url, "ui_import_path", http), args, http)
+    job = studio.imports.wait(timeout=60)
+    assert msg["success"] and "started in the background" in msg["output"]["data"][1]
+    statuses = [r.status for r in job.results]
+    assert job.finished and job.error is None and job.done == job.total == 6
+    assert statuses.count("imported") == 3 and statuses.count("rejected") == 3
+
+
+def test_import_above_the_row_cap_is_refused_with_the_cap(app, monkeypatch):
+    """API-21: a CSV listing more rows than the app's cap is refused with the cap; nothing is imported."""
+    import dataclasses
+
+    _, url, studio = app
+    monkeypatch.setattr(studio, "options", dataclasses.replace(studio.options, inline_import_files=2,
+                                                               max_import_files=3))  # fmt: skip
+    root = studio.options.import_roots[0] / "batch-3"
+    root.mkdir()
+    (root / "list.csv").write_text("path,label\n" + "x.png,Amber-01\n" * 5)
+    with studio.store() as store:
+        before = store.count_images()
+    args = [str(root / "list.csv"), "Detect automatically", "Keep the layout's split"]
+    with httpx.Client() as http:
+        msg = raw_queue_call(url, fn_index(url, "ui_import_path", http), args, http)
+    with studio.store() as store:
+        assert store.count_images() == before
+    assert msg["success"] is False and "list.csv lists 5 files &gt; limit 3 per import" in msg["output"]["error"]

@@ -7,19 +7,18 @@ the app has users, admin role for training and version changes, known cultivars 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 from gradio import FileData
 
-from ..data.importers import import_path
 from .errors import UserFacing, guarded
 from .labelling import record, undo
 from .models import promote_version, rollback_version
 from .scoring import predictions_for
 from .studio import Studio
 from .train import cancel_training, start_training
+from .uploads import file_paths, receive_uploads
 
 __all__ = ["register_api"]
 
@@ -37,21 +36,19 @@ def register_api(studio: Studio) -> None:
     @guarded
     def predict(image: FileData, request: gr.Request) -> dict[str, Any]:
         """Store one leaf image (deduplicated by content) and return the serving model's top-k for it."""
-        user = studio.username(request)
-        path = image["path"] if isinstance(image, dict) else getattr(image, "path", None)
-        if not path:
-            raise UserFacing("Send one image file.")
-        results = list(import_path(Path(path), studio.data_dir, fmt="auto", user=user, quick_check=False))
-        if len(results) != 1:
-            raise UserFacing("Send one image file (use the Data tab for archives).")
-        result = results[0]
+        def require_model() -> None:  # say so before storing anything
+            if studio.models.version_id is None:
+                raise UserFacing(studio.models.unavailable())
+
+        report = receive_uploads(studio, file_paths(image), request, allow_zip=False, before_store=require_model)
+        result = report.results[0]
         if result.status == "rejected":
-            raise UserFacing(f"Image refused: {result.reason}")
+            raise UserFacing(f"Image refused: {result.reason}. Nothing was stored.")
         with studio.store() as store:
             row = store.image(result.image_id)
             version, preds = predictions_for(store, studio.models, [row])
         if version is None:
-            raise UserFacing("No trained model yet; the first training job is running or queued.")
+            raise UserFacing(studio.models.unavailable())
         topk = preds.get(int(row["id"]), [])
         return {"image_id": int(row["id"]), "duplicate": result.status == "duplicate", "version_id": version,
                 "label": row.get("label"), "top_k": [{"label": n, "prob": round(p, 6)} for n, p in topk]}  # fmt: skip

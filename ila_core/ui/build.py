@@ -13,6 +13,7 @@ import gradio as gr
 
 from ..config import AppConfig
 from .api import register_api
+from .blocks import StudioBlocks
 from .classify import build_classify_tab
 from .data import build_data_tab
 from .errors import guarded
@@ -51,7 +52,7 @@ def build_app(config: AppConfig, *, studio: Studio | None = None, options: Studi
 
         studio = Studio.open(config, options, users=load_users(config.auth_file))
         atexit.register(studio.close)
-    with gr.Blocks(title="ILA Studio", delete_cache=DELETE_CACHE, analytics_enabled=False) as demo:
+    with StudioBlocks(title="ILA Studio", delete_cache=DELETE_CACHE, analytics_enabled=False) as demo:
         header = gr.HTML(header_html(studio), elem_id="ila-header-bar")
         with gr.Tabs(elem_id="ila-tabs"):
             with gr.Tab("Classify", id="classify", elem_id="ila-tab-classify"):
@@ -70,6 +71,7 @@ def build_app(config: AppConfig, *, studio: Studio | None = None, options: Studi
         @guarded
         def status(request: gr.Request) -> str:
             studio.follow_model()  # follow promotions made by another process (CLI, standalone worker)
+            studio.sweep_lost_jobs()  # and notice when that worker died mid-job
             user = getattr(request, "username", None) if studio.users is not None else None
             return header_html(studio, user, studio.is_admin(request))
 

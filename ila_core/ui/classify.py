@@ -10,36 +10,25 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from ..data.importers import import_path, summarise
 from .errors import UserFacing, guarded
-from .labelling import new_event_id, record, undo
+from .labelling import as_text, new_event_id, record, undo
 from .panel import exemplar_items, explain_view, flags_html, header_markdown, image_facts
 from .scoring import predictions_for
 from .serving import METHODS
 from .studio import Studio
+from .uploads import MAX_UPLOAD_FILES, receive_uploads
 
-__all__ = ["ClassifyTab", "build_classify_tab"]
+__all__ = ["MAX_UPLOAD_FILES", "ClassifyTab", "build_classify_tab"]
 
 _logger = logging.getLogger(__name__)
 
 MAX_PICKS = 5
 _EMPTY_HEADER = "Upload leaf images, or open the next unlabelled ones from the store."
 _POOL_PAGE = 24
-MAX_UPLOAD_FILES = 200  # one browser upload; bigger sets go through a .zip or the Data tab's import (IMG-26)
-
-
-def check_upload_count(files: list[str]) -> None:
-    """Refuse an upload of more than MAX_UPLOAD_FILES files with a message that says what to do instead."""
-    if len(files) > MAX_UPLOAD_FILES:
-        raise UserFacing(
-            f"Too many files in one upload: {len(files)} > {MAX_UPLOAD_FILES}. "
-            "Upload them as one .zip, or import the folder from the Data tab. Nothing was stored."
-        )
 
 
 @dataclass
@@ -169,19 +158,14 @@ def build_classify_tab(studio: Studio) -> ClassifyTab:
 
     @guarded
     def on_upload(files: list[str] | None, state: dict[str, Any], request: gr.Request) -> list[Any]:
-        user = studio.username(request)
+        studio.username(request)
         if not files:
             return [gr.skip(), state, gr.skip(), gr.skip()]
-        check_upload_count(files)
-        results = []
-        for path in files:
-            results.extend(import_path(Path(path), studio.data_dir, fmt="auto", user=user, quick_check=False))
-        new_ids = [r.image_id for r in results if r.image_id is not None]
-        summary = summarise(results)
-        lines = [
-            f"{summary['imported']} new, {summary['duplicate']} already in the store, {summary['rejected']} rejected."
-        ]
-        lines += [f"- {r.file.rsplit('/', 1)[-1]}: {r.reason}" for r in results if r.status == "rejected"][:10]
+        report = receive_uploads(studio, files, request)  # refused as a whole (nothing stored) or reported
+        new_ids = report.image_ids
+        lines = [as_text(report.describe())]
+        lines += [f"- {as_text(r.file.rsplit('/', 1)[-1])}: {as_text(r.reason or '')}" for r in report.results
+                  if r.status == "rejected" or (r.reason or "").startswith("label not saved")][:10]  # fmt: skip
         if new_ids and studio.models.version_id is not None:
             with studio.store() as store:
                 predictions_for(store, studio.models, [store.image(i) for i in new_ids])

@@ -1,8 +1,10 @@
-"""Data tab: import (zip upload; server folder, CSV or UFG layout for admins), exports as downloads, counts.
+"""Data tab: import (image or zip upload; server folder, CSV or UFG layout for admins), exports, counts.
 
-Every file goes through the importer (the one safe door for image bytes) and gets a line in the report.
-Reading paths on the server is an admin action: it would otherwise let any logged-in user probe the
-server's file system. Exports are written into Gradio's own cache folder for this one download.
+Uploads go through the upload door (:mod:`ila_core.ui.uploads`): images and zips of images only, checked
+as a whole before anything is written. Reading paths on the server is an admin action, confined to the
+import roots named at launch (``--import-root``): it would otherwise let a logged-in user read server files
+into the store. Imports larger than ``StudioOptions.inline_import_files`` run in the background and a timer
+shows their progress. Exports are written into Gradio's own cache folder for this one download.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from typing import Any
 import gradio as gr
 
 from ..data.exporters import LABEL_STUDIO_PREFIX, export
-from ..data.importers import import_path, summarise
-from .errors import UserFacing, guarded
+from ..data.importers import OutsideImportRoots, TooManyFiles, import_path, summarise
+from .errors import UserFacing, guarded, scrub
 from .labelling import as_text
 from .studio import Studio
+from .uploads import receive_uploads
 
 __all__ = ["EXPORTS", "build_data_tab", "counts_table", "run_export"]
 
@@ -57,7 +60,7 @@ def counts_table(studio: Studio) -> tuple[list[list[Any]], str]:
     return rows, line
 
 
-def _report(results: list[Any]) -> tuple[list[list[Any]], str]:
+def _report(results: list[Any], created: tuple[str, ...] = ()) -> tuple[list[list[Any]], str]:
     s = summarise(results)
     rows = [[r.file, r.status, r.reason or "", r.label or "", r.split or "", r.line or ""]
             for r in results[:_REPORT_ROWS]]  # fmt: skip
@@ -67,9 +70,20 @@ def _report(results: list[Any]) -> tuple[list[list[Any]], str]:
         text += f" {s['skipped']} skipped."
     if s["layout"]:
         text += f" Layout read: {as_text(s['layout'])}."
+    if created:
+        text += " New cultivars: " + ", ".join(as_text(c) for c in created) + "."
     if len(results) > _REPORT_ROWS:
         text += f" The report shows the first {_REPORT_ROWS} files."
     return rows, text
+
+
+def _progress_text(job: Any) -> str:
+    if not job.finished:
+        return f"Importing {as_text(job.source)} in the background: {job.done} of {job.total or '?'} files done."
+    text = _report(list(job.results))[1]
+    if job.error:
+        text += f" **Stopped early:** {scrub(job.error)}"
+    return text
 
 
 def run_export(studio: Studio, fmt: str, image_url_prefix: str | None = None) -> Path:
@@ -101,14 +115,18 @@ def build_data_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=6):
             gr.Markdown("### Import")
-            upload = gr.File(label="Upload a .zip (ImageFolder, CSV or UFG layout inside) or images",
+            upload = gr.File(label="Upload images or a .zip of images (one folder per cultivar inside)",
                              file_count="multiple", file_types=[".zip", "image"], height=110)  # fmt: skip
             with gr.Accordion("Import from a path on the server (admins)", open=False):
-                server_path = gr.Textbox(label="Folder, CSV file or .zip on the server", placeholder="/srv/leaves/2025")
-                server_btn = gr.Button("Import from server path")
-            with gr.Row():
+                roots = len(studio.options.import_roots)
+                gr.Markdown(f"{roots} import root(s) configured (`--import-root DIR` at launch)." if roots else
+                            "Server-path imports are off: start the app with `--import-root DIR`.")  # fmt: skip
+                server_path = gr.Textbox(label="Folder, CSV file or .zip under an import root",
+                                         placeholder="/srv/leaves/2025")  # fmt: skip
                 fmt = gr.Dropdown(list(FORMATS), value="Detect automatically", label="Layout")
-                split = gr.Dropdown(list(SPLIT_OVERRIDE), value="Keep the layout's split", label="Split")
+                server_btn = gr.Button("Import from server path")
+            split = gr.Dropdown(list(SPLIT_OVERRIDE), value="Keep the layout's split", label="Split")
+            poll = gr.Timer(2.0, active=False)
             summary = gr.Markdown(elem_id="ila-import-summary")
             report = gr.Dataframe(headers=REPORT_HEADERS, value=[], label="Per-file report", interactive=False,
                                   max_height=300, wrap=True)  # fmt: skip
@@ -139,30 +157,48 @@ def build_data_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
         rows, line = counts_table(studio)
         return [rows, line]
 
-    def _import(paths: list[Path], layout: str, where: str, user: str) -> list[Any]:
-        results = []
-        for path in paths:
-            results.extend(import_path(path, studio.data_dir, fmt=FORMATS.get(layout, "auto"), user=user,
-                                       split=SPLIT_OVERRIDE.get(where), quick_check=False))  # fmt: skip
-        rows, text = _report(results)
-        return [rows, text]
-
     @guarded
-    def on_upload(files: list[str] | None, layout: str, where: str, request: gr.Request) -> list[Any]:
-        user = studio.username(request)
+    def on_upload(files: list[str] | None, where: str, request: gr.Request) -> list[Any]:
+        studio.username(request)
         if not files:
             return [gr.skip(), gr.skip(), gr.skip()]
-        return [*_import([Path(f) for f in files], layout, where, user), None]
+        report = receive_uploads(studio, files, request, split=SPLIT_OVERRIDE.get(where))
+        return [*_report(list(report.results), report.cultivars_created), None]
 
     @guarded
     def on_server(path: str, layout: str, where: str, request: gr.Request) -> list[Any]:
         user = studio.require_admin(request, "import from server paths")
         if not path or not path.strip():
-            raise UserFacing("Enter a folder, CSV file or .zip on the server.")
-        target = Path(path.strip()).expanduser()
-        if not target.exists():
-            raise UserFacing("Nothing to import at that path.")
-        return _import([target], layout, where, user)
+            raise UserFacing("Enter a folder, CSV file or .zip under an import root.")
+        options = studio.options
+
+        def run(on_progress: Any = None, max_files: int = options.max_import_files) -> Any:
+            return import_path(Path(path.strip()), studio.data_dir, fmt=FORMATS.get(layout, "auto"), user=user,
+                               split=SPLIT_OVERRIDE.get(where), quick_check=False, roots=options.import_roots,
+                               max_files=max_files, on_progress=on_progress)  # fmt: skip
+
+        try:
+            results = list(run(max_files=options.inline_import_files))
+            return [*_report(results), gr.Timer(active=False)]
+        except TooManyFiles as exc:  # big: refuse above the cap, else run it off the request slots
+            count = exc.count
+            if count > options.max_import_files:
+                raise UserFacing(str(TooManyFiles(Path(path.strip()).name, count, options.max_import_files))) from None
+        except OutsideImportRoots as exc:
+            raise UserFacing(f"Refused: {exc}. Nothing was imported.", keep_paths=True) from None
+        except FileNotFoundError:
+            raise UserFacing("Nothing to import at that path.") from None
+        job = studio.imports.start(path.strip(), user, run)
+        return [[], f"Import of {count:,} files started in the background (job {job.id}).",
+                gr.Timer(active=True)]
+
+    @guarded
+    def on_poll() -> list[Any]:
+        job = studio.imports.current()
+        if job is None:
+            return [gr.skip(), gr.skip(), gr.Timer(active=False)]
+        rows = _report(list(job.results))[0] if job.finished else gr.skip()
+        return [rows, _progress_text(job), gr.Timer(active=not job.finished)]
 
     @guarded
     def on_add(name: str, request: gr.Request) -> list[Any]:
@@ -180,12 +216,15 @@ def build_data_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
 
     demo.load(load_counts, None, [counts, totals], api_visibility="private", queue=False)
     tab.select(load_counts, None, [counts, totals], api_visibility="private", queue=False)
-    upload.upload(on_upload, [upload, fmt, split], [report, summary, upload], api_name="ui_import_upload",
+    upload.upload(on_upload, [upload, split], [report, summary, upload], api_name="ui_import_upload",
                   api_visibility="private", concurrency_id="import", concurrency_limit=1).then(
         load_counts, None, [counts, totals], api_visibility="private", queue=False)  # fmt: skip
-    server_btn.click(on_server, [server_path, fmt, split], [report, summary], api_name="ui_import_path",
+    server_btn.click(on_server, [server_path, fmt, split], [report, summary, poll], api_name="ui_import_path",
                      api_visibility="private", concurrency_id="import", concurrency_limit=1).then(
         load_counts, None, [counts, totals], api_visibility="private", queue=False)  # fmt: skip
+    poll.tick(on_poll, None, [report, summary, poll], api_name="ui_import_poll", api_visibility="private",
+              queue=False, show_progress="hidden").then(load_counts, None, [counts, totals],
+                                                         api_visibility="private", queue=False)  # fmt: skip
     add_btn.click(on_add, [new_cultivar], [counts, totals, new_cultivar], api_name="ui_add_cultivar",
                   api_visibility="private")  # fmt: skip
     export_btn.click(on_export, [export_fmt, url_prefix], [download], api_name="ui_export", api_visibility="private",

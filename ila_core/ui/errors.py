@@ -33,23 +33,34 @@ _MAX_CHARS = 400
 
 
 class UserFacing(Exception):
-    """An error whose message is written for the user (raised by UI code for refusals)."""
+    """An error whose message is written for the user (raised by UI code for refusals).
+
+    Args:
+        message: the text shown.
+        keep_paths: show the paths in it (only for admin-configured ones shown to admins, e.g. import roots).
+    """
+
+    def __init__(self, message: str, *, keep_paths: bool = False) -> None:
+        super().__init__(message)
+        self.keep_paths = keep_paths
 
 
-def scrub(message: str) -> str:
+def scrub(message: str, *, keep_paths: bool = False) -> str:
     """Drop file-system paths, cap the length and HTML-escape a message meant for the browser.
 
     Gradio renders toast messages as (sanitised) HTML, so a cultivar name like ``<img src=x>`` is escaped here
     to show as the text it is.
     """
-    text = _PATH.sub("[path]", str(message)).strip()
+    text = str(message).strip() if keep_paths else _PATH.sub("[path]", str(message)).strip()
     text = text if len(text) <= _MAX_CHARS else text[: _MAX_CHARS - 1] + "…"
     return html.escape(text, quote=False)
 
 
 def user_message(exc: BaseException) -> str | None:
     """The message to show for an expected error, or None when it is unexpected (log it, show a reference)."""
-    if isinstance(exc, (UserFacing, BadImage, JobBusy, StoreError)):
+    if isinstance(exc, UserFacing):
+        return scrub(str(exc), keep_paths=exc.keep_paths)
+    if isinstance(exc, (BadImage, JobBusy, StoreError)):
         return scrub(str(exc))
     if type(exc) is ValueError:  # argument checks raise plain ValueError with a message meant for the caller
         return scrub(str(exc))

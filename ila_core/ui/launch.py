@@ -1,9 +1,10 @@
 """How the app is launched: secure defaults in one place, so ``app.py`` and the tests use the same settings.
 
 Defaults (DESIGN "Security defaults", RELIABILITY fact 1, catalogue API-12): loopback bind unless a users
-list is given, no share link, ``max_file_size``, a bounded queue, ``allowed_paths`` empty, the data folders
-and database blocked, analytics, monitoring and MCP off, errors shown only as ``gr.Error`` messages, no run
-history left in the browser, Gradio's upload cache inside the data directory and cleaned daily.
+list is given, logins throttled per user and address, no share link, ``max_file_size``, a bounded queue,
+``allowed_paths`` empty, the data folders and database blocked, analytics, monitoring and MCP off, errors
+shown only as ``gr.Error`` messages, no run history left in the browser, Gradio's upload cache inside the
+data directory and cleaned daily, and uploads refused with "storage full" when the disk lacks room.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from ..config import AppConfig
+from .middleware import LoginGuard, UploadGuard
 from .studio import Studio
 
-__all__ = ["ASSETS", "DELETE_CACHE", "css", "head", "launch_settings", "prepare_environment", "queue_settings", "theme"]
+__all__ = ["ASSETS", "DELETE_CACHE", "css", "head", "launch_settings", "middleware", "prepare_environment",
+           "queue_settings", "theme"]  # fmt: skip
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DELETE_CACHE = (3600, 86400)  # every hour, delete cached uploads older than a day
@@ -86,6 +90,11 @@ def queue_settings(config: AppConfig) -> dict[str, Any]:
     return {"max_size": config.queue_size, "default_concurrency_limit": DEFAULT_CONCURRENCY}
 
 
+def middleware(studio: Studio) -> list[Middleware]:
+    """Guards in front of Gradio's own routes: login throttle, disk check of the upload route."""
+    return [Middleware(LoginGuard, throttle=studio.logins), Middleware(UploadGuard, folder=studio.temp_dir)]
+
+
 def launch_settings(config: AppConfig, studio: Studio, *, quiet: bool = False) -> dict[str, Any]:
     """Arguments of ``Blocks.launch`` for this config (see the module docstring for each choice)."""
     users = studio.users
@@ -109,6 +118,7 @@ def launch_settings(config: AppConfig, studio: Studio, *, quiet: bool = False) -
         "run_history": False,
         "footer_links": ["api", "settings"],
         "quiet": quiet,
+        "app_kwargs": {"middleware": middleware(studio)},
         "theme": theme(),
         "css": css(),
         "head": head(),

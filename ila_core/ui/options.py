@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..config import BackboneConfig
@@ -53,6 +54,9 @@ class StudioOptions:
     off_leaf_warning: float = 0.35  # share of attribution outside the leaf mask that is flagged
     poll_seconds: float = 2.0  # Train tab refresh interval (fixed: changing a Timer's interval is flaky)
 
+    import_roots: tuple[Path, ...] = ()  # server folders admins may import from (--import-root); none = off
+    max_import_files: int = 20_000  # files or CSV rows one server-path import may name
+    inline_import_files: int = 500  # larger server-path imports run in the background, off the request slots
     def __post_init__(self) -> None:
         if not 1 <= self.top_k <= 10:
             raise ValueError(f"top_k must be in [1, 10], got {self.top_k}")
@@ -61,6 +65,9 @@ class StudioOptions:
         if self.poll_seconds <= 0:
             raise ValueError(f"poll_seconds must be > 0, got {self.poll_seconds}")
         if self.ds_locations is not None:
+        if self.max_import_files < 1 or self.inline_import_files < 1:
+            raise ValueError("max_import_files and inline_import_files must be >= 1")
+        object.__setattr__(self, "import_roots", tuple(Path(r).expanduser().resolve() for r in self.import_roots))
             object.__setattr__(self, "ds_locations", tuple(int(i) for i in self.ds_locations))
 
     def with_overrides(self, **train_overrides: Any) -> StudioOptions:

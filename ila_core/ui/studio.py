@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,9 +25,11 @@ from ..config import AppConfig
 from ..store import DB_NAME, JobBusy, LabelStore
 from .auth import Users
 from .errors import UserFacing
+from .import_jobs import ImportJobs
 from .media import ThumbnailCache
 from .options import StudioOptions
 from .serving import ModelRuntime
+from .throttle import LoginThrottle
 
 __all__ = ["DB_NAME", "GRADIO_TMP", "LOCAL_USER", "StartupStatus", "Studio"]
 
@@ -37,6 +40,8 @@ LOCAL_USER = "local"  # who acts when the app runs without login (loopback only)
 _SCORE_IN_BACKGROUND = 1000  # newest images scored after each model switch
 _SMALL_MODEL_LOCATIONS = {"test_vit": (1, 3)}  # 6-block test model; 12-block ViTs use the method default (3, 7)
 _SERVED_DIRS = ("images", "adapters", "weights", "cache", "exports")  # never served over HTTP
+STALE_JOB_S = 120.0  # a running job without a heartbeat for this long lost its worker (the worker's own limit)
+_SWEEP_EVERY_S = 5.0  # the header poll and Retrain look for lost jobs at most this often
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,9 @@ class Studio:
         self.models = ModelRuntime(self.data_dir, self.db_path, options)
         self.thumbs = ThumbnailCache(self.data_dir)
         self.worker: Any = None
+        self.imports = ImportJobs()
+        self.logins = LoginThrottle()
+        self._swept_at = 0.0
         self._status = StartupStatus("ready")
         self._lock = threading.Lock()
         self._seeder: threading.Thread | None = None
@@ -106,6 +114,7 @@ class Studio:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.imports.wait(timeout=30)
         self.close()
 
     def _start_worker(self) -> None:
@@ -253,3 +262,19 @@ class Studio:
         if self.config.auth_file is not None:
             paths.append(Path(self.config.auth_file).resolve())
         return [str(p) for p in paths]
+    def sweep_lost_jobs(self, *, force: bool = False) -> list[int]:
+        """Mark running jobs whose worker died (pid gone) or went silent (stale heartbeat) as failed.
+
+        The app does this itself, so a killed standalone worker (``python -m ila_core worker``) does not leave
+        its job "running", and Retrain refused, until some worker starts again. Rate-limited unless ``force``.
+        """
+        now = time.monotonic()
+        if not force and now - self._swept_at < _SWEEP_EVERY_S:
+            return []
+        self._swept_at = now
+        with self.store() as store:
+            lost = store.mark_lost_jobs(stale_after_s=STALE_JOB_S)
+        if lost:
+            _logger.warning("marked jobs %s failed: their worker died or stopped sending heartbeats", lost)
+        return lost
+

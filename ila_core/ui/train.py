@@ -32,6 +32,7 @@ def start_training(studio: Studio, request: gr.Request | None, **overrides: Any)
         UserFacing: not an admin, or a job is already queued or running.
     """
     user = studio.require_admin(request, "start training")
+    studio.sweep_lost_jobs(force=True)  # a job whose worker was killed must not block the retrain
     with studio.store() as store:
         try:
             job_id = studio.enqueue_training(store, user=user, **overrides)

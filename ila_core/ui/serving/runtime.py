@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
+from ...embeddings import EmbeddingStore, embeddings_dir
 from ...store import LabelStore
 from ..errors import UserFacing
 from ..options import StudioOptions
@@ -44,7 +44,10 @@ class ModelRuntime(ExplanationsMixin, ExemplarsMixin):
         self._explainer: tuple[int | None, torch.nn.Module] | None = None
         self._explained: OrderedDict[tuple, Explained] = OrderedDict()
         self._embed_lock = threading.Lock()
-        self._embeddings: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.embeddings = EmbeddingStore(embeddings_dir(self.data_dir))  # the studio hands in its shared one
+        self._embedder: Any = None
+        self._embedder_backbone: Any = None
+        self._index: Any = None
         self._compare_lock = threading.Lock()
         self._compare: Any = None  # a non-served version loaded for comparison
 
@@ -96,10 +99,25 @@ class ModelRuntime(ExplanationsMixin, ExemplarsMixin):
             return None
         return served.built.model
 
+    def unavailable(self) -> str:
+        """Why no model answers, for the user: an unreadable model file (named), a job on its way, or none yet."""
+        with LabelStore.open(self.db_path, quick_check=False) as store:
+            active, job = store.active_version(), store.active_job()
+        if active is not None:
+            # A version is active but nothing is served: its file failed to load (corrupt, missing, mismatched).
+            name = str(active.get("path") or f"version {active['id']}")
+            why = (self.problem or "").rsplit(": ", 1)[-1].strip()
+            detail = f" ({why})" if why and "/" not in why else ""
+            return (f"The model file of version {active['id']} ({name}) is unreadable{detail}. "
+                    "Retrain to build a new version (Train tab, Retrain; admins), or roll back on the Models tab.")  # fmt: skip
+        if job is not None:
+            return f"No trained model yet; training job {job['id']} is {job['status']} (see the Train tab)."
+        return "No trained model yet. Retrain on the Train tab (admins) once some images have labels."
+
     def _served(self) -> Any:
         served = self.predictor.current
         if served is None:
-            raise UserFacing("No trained model yet. The first training job is running or queued; see the Train tab.")
+            raise UserFacing(self.unavailable())
         return served
 
     # -- predictions --------------------------------------------------------------------------
