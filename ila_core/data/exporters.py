@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 import shutil

@@ -111,7 +111,8 @@ def import_path(
     max_files: int | None = None,
     new_cultivars: bool = True,
 ) -> Iterator[ImportResult]:
-    """Import a folder, CSV, zip or single image into ``data_dir``, one result per file.
+    """Import a folder, CSV, zip or single image into ``data_dir``, one result per file (for a Label Studio
+    export: the annotations of images already stored, one result per annotation).
 
     A generator: consume it in one thread (it holds a store connection until exhausted or closed).
 

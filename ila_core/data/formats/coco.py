@@ -80,11 +80,13 @@ def _plan_one(root: Path, coco_json: Path, listed: set[Path]) -> list[PlannedFil
         display = found.relative_to(root.resolve()).as_posix()
         labels = sorted(per_image.get(entry.get("id"), ()))
         if len(labels) > 1:
-            error = f"{where}: annotations of {len(labels)} categories ({', '.join(labels)}); a cultivar label is one per image"
+            names = ", ".join(labels)
+            error = f"{where}: annotations of {len(labels)} categories ({names}); a cultivar label is one per image"
             items.append(PlannedFile(display, error=error))
             continue
         label = labels[0] if labels else None
-        items.append(PlannedFile(display, found, label, split if is_split else None, {"coco_image_id": entry.get("id")}))
+        meta = {"coco_image_id": entry.get("id")}
+        items.append(PlannedFile(display, found, label, split if is_split else None, meta))
     return items
 
 

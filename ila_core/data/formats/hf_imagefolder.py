@@ -5,8 +5,10 @@ to the metadata file's folder) with one row each. As in ``datasets``, a tree wit
 folder names: the cultivar is the ``label`` column (a tree whose metadata has no ``label`` column is refused,
 naming the file). Integer labels are class indices when ``README.md``'s ``dataset_info`` declares the class
 names (``class_label: names``), as ``datasets`` writes them; without names the value itself is the label.
-The split comes from the first folder (``train/``, ``test/``, ``validation/`` ...). Images that no metadata row
-lists are rejected (``datasets`` would skip them). ``metadata.parquet`` is not read: the tree is refused.
+The split comes from the first folder (``train/``, ``test/``, ``validation/`` ...); ``datasets`` reads a split's
+metadata only inside its split folder, this importer also reads one above the split folders. Images that no
+metadata row lists are rejected (``datasets`` would skip them). ``metadata.parquet`` is not read: the tree is
+refused.
 
 Writing: :func:`dataset_card` is the ``README.md`` whose ``configs`` name every split folder of an ImageFolder
 export, so ``datasets.load_dataset(<folder>)`` loads all of them (``load_dataset("imagefolder", data_dir=...)``
