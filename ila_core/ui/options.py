@@ -53,10 +53,10 @@ class StudioOptions:
     low_confidence: float = 0.6  # top-1 probability below this is flagged in Classify
     off_leaf_warning: float = 0.35  # share of attribution outside the leaf mask that is flagged
     poll_seconds: float = 2.0  # Train tab refresh interval (fixed: changing a Timer's interval is flaky)
-
     import_roots: tuple[Path, ...] = ()  # server folders admins may import from (--import-root); none = off
     max_import_files: int = 20_000  # files or CSV rows one server-path import may name
     inline_import_files: int = 500  # larger server-path imports run in the background, off the request slots
+
     def __post_init__(self) -> None:
         if not 1 <= self.top_k <= 10:
             raise ValueError(f"top_k must be in [1, 10], got {self.top_k}")
@@ -64,10 +64,10 @@ class StudioOptions:
             raise ValueError("low_confidence and off_leaf_warning must be in (0, 1)")
         if self.poll_seconds <= 0:
             raise ValueError(f"poll_seconds must be > 0, got {self.poll_seconds}")
-        if self.ds_locations is not None:
         if self.max_import_files < 1 or self.inline_import_files < 1:
             raise ValueError("max_import_files and inline_import_files must be >= 1")
         object.__setattr__(self, "import_roots", tuple(Path(r).expanduser().resolve() for r in self.import_roots))
+        if self.ds_locations is not None:
             object.__setattr__(self, "ds_locations", tuple(int(i) for i in self.ds_locations))
 
     def with_overrides(self, **train_overrides: Any) -> StudioOptions:

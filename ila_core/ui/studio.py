@@ -109,12 +109,12 @@ class Studio:
                 thread.join(timeout=60)
         if self.worker is not None:
             self.worker.stop(timeout=30)
+        self.imports.wait(timeout=30)
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.imports.wait(timeout=30)
         self.close()
 
     def _start_worker(self) -> None:
@@ -253,15 +253,6 @@ class Studio:
 
         return store.enqueue_job(JOB_KIND, self.job_params(**train_overrides), user=user)
 
-    # -- launch settings ----------------------------------------------------------------------
-
-    def blocked_paths(self) -> list[str]:
-        """Absolute paths Gradio must never serve: the database files and every data folder but its own cache."""
-        paths = [self.db_path, self.db_path.with_name(DB_NAME + "-wal"), self.db_path.with_name(DB_NAME + "-shm")]
-        paths += [self.data_dir / name for name in _SERVED_DIRS]
-        if self.config.auth_file is not None:
-            paths.append(Path(self.config.auth_file).resolve())
-        return [str(p) for p in paths]
     def sweep_lost_jobs(self, *, force: bool = False) -> list[int]:
         """Mark running jobs whose worker died (pid gone) or went silent (stale heartbeat) as failed.
 
@@ -278,3 +269,12 @@ class Studio:
             _logger.warning("marked jobs %s failed: their worker died or stopped sending heartbeats", lost)
         return lost
 
+    # -- launch settings ----------------------------------------------------------------------
+
+    def blocked_paths(self) -> list[str]:
+        """Absolute paths Gradio must never serve: the database files and every data folder but its own cache."""
+        paths = [self.db_path, self.db_path.with_name(DB_NAME + "-wal"), self.db_path.with_name(DB_NAME + "-shm")]
+        paths += [self.data_dir / name for name in _SERVED_DIRS]
+        if self.config.auth_file is not None:
+            paths.append(Path(self.config.auth_file).resolve())
+        return [str(p) for p in paths]
