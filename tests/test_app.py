@@ -425,3 +425,22 @@ def test_import_above_the_row_cap_is_refused_with_the_cap(app, monkeypatch):
     with studio.store() as store:
         assert store.count_images() == before
     assert msg["success"] is False and "list.csv lists 5 files &gt; limit 3 per import" in msg["output"]["error"]
+
+
+def test_unlike_the_confirmed_images_is_said_beside_the_prediction(app):
+    """A picture that is no leaf scores below the store's own calibration; a demo leaf does not."""
+    import numpy as np
+    from PIL import Image
+
+    from ila_core.ui.panel import flags_html, image_facts, load_full
+
+    studio = app[2]
+    with studio.store() as store:
+        image_id = store.images(split="pool")[0]["id"]
+    facts = image_facts(studio, image_id)
+    leaf = studio.models.unlikeness(load_full(studio, facts), facts.sha256, exclude_image=image_id)
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8))
+    odd = studio.models.unlikeness(noise, "f" * 64)
+    assert leaf.threshold is not None and not leaf.unusual
+    assert odd.unusual and odd.similarity < leaf.similarity
+    assert "Unlike the confirmed images" not in flags_html(studio, facts)

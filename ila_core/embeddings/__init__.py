@@ -9,10 +9,11 @@ from pathlib import Path
 
 from .embedder import Embedder, build_embedder, cls_part, embed_samples
 from .indexer import BackgroundEmbedder, IndexerStatus
+from .neighbours import ConfirmedIndex, Neighbour, Unlikeness, normalise_rows
 from .store import EmbeddingStore
 
 __all__ = ["EmbeddingStore", "Embedder", "build_embedder", "embed_samples", "cls_part", "embeddings_dir",
-           "BackgroundEmbedder", "IndexerStatus"]  # fmt: skip
+           "BackgroundEmbedder", "IndexerStatus", "ConfirmedIndex", "Neighbour", "Unlikeness", "normalise_rows"]  # fmt: skip
 
 
 def embeddings_dir(data_dir: Path) -> Path:

@@ -45,6 +45,9 @@ def header_html(studio: Studio, user: str | None = None, admin: bool = True) -> 
         pills.append(_pill(f"Serving model v{version}{acc}", "succeeded"))
     if studio.models.problem:
         pills.append(_pill(as_text(studio.models.problem[:120]), "failed"))
+    indexer = studio.embedder.status() if studio.embedder is not None else None
+    if indexer is not None and indexer.running:
+        pills.append(_pill(f"Embedding images {indexer.embedded}/{indexer.total}", "running"))
     if job is not None and job["status"] in ("queued", "running"):
         pct = f" {job_fraction(job):.0%}" if job["status"] == "running" else ""
         pills.append(_pill(f"Training job #{job['id']} {job['status']}{pct}", "running"))

@@ -46,6 +46,7 @@ class StudioOptions:
     ds_locations: tuple[int, ...] | None = None  # None: the method default (3, 7); (1, 3) for the 6-block test_vit
     start_worker: bool = True  # run the training worker as a thread inside the app
     seed_demo: bool = True  # seed an empty data directory with the synthetic cultivars, then train once
+    background_embedding: bool = True  # embed every stored image once after import (the probe then fits in seconds)
     demo: DemoSpec = field(default_factory=DemoSpec)
     train_preset: str = "quick"
     train_overrides: tuple[tuple[str, Any], ...] = ()  # e.g. (("epochs", 2),) for tests

@@ -6,16 +6,20 @@ Each part is computed separately so the fast ones (top-k) reach the page before 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
+from .errors import UserFacing
 from .labelling import as_text
 from .media import open_stored, thumbnail
 from .scoring import TopK, margin, predictions_for
 from .serving import METHODS
 from .studio import Studio
+
+_logger = logging.getLogger(__name__)
 
 __all__ = ["ImageFacts", "exemplar_items", "explain_view", "flags_html", "header_markdown", "image_facts"]
 
@@ -78,6 +82,9 @@ def flags_html(studio: Studio, facts: ImageFacts, outside_leaf: float | None = N
             notes.append(("warn", text))
         if facts.label and facts.label not in ("unsure", top_label):
             notes.append(("warn", f"The model disagrees with the current label ({as_text(facts.label)})."))
+        unlike = _unlikeness(studio, facts)
+        if unlike is not None and unlike.unusual:
+            notes.append(("warn", as_text(unlike.describe())))
     if outside_leaf is not None and outside_leaf > studio.options.off_leaf_warning:
         text = (f"{outside_leaf:.0%} of the attribution lies outside the leaf: the model may be using the "
                 "background (tags, rulers, shadows).")  # fmt: skip
@@ -85,6 +92,15 @@ def flags_html(studio: Studio, facts: ImageFacts, outside_leaf: float | None = N
     if not notes:
         notes.append(("ok", "Confident prediction; attribution on the leaf."))
     return "".join(f'<div class="ila-note ila-note-{kind}">{text}</div>' for kind, text in notes)
+
+
+def _unlikeness(studio: Studio, facts: ImageFacts) -> Any:
+    """How unlike the confirmed images this one is (None when it cannot be said, e.g. the file is gone)."""
+    try:
+        return studio.models.unlikeness(load_full(studio, facts), facts.sha256, exclude_image=facts.image_id)
+    except (OSError, ValueError, RuntimeError, UserFacing) as exc:
+        _logger.info("no unlikeness score for image %d: %s", facts.image_id, exc)
+        return None
 
 
 def load_full(studio: Studio, facts: ImageFacts) -> Image.Image:

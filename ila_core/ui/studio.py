@@ -78,6 +78,8 @@ class Studio:
         self._lock = threading.Lock()
         self._seeder: threading.Thread | None = None
         self._scorer: threading.Thread | None = None
+        self.embeddings: Any = None  # the frozen-embedding store, shared by the worker and the background embedder
+        self.embedder: Any = None  # BackgroundEmbedder: every stored image embedded once, after import
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -91,6 +93,7 @@ class Studio:
         with LabelStore.open(studio.db_path) as store:  # full quick_check once at start; migrations applied
             fresh = store.count_images() == 0 and not store.jobs(limit=1)
         studio.follow_model()
+        studio._start_embedding()
         if studio.options.start_worker:
             studio._start_worker()
         if fresh and studio.options.seed_demo:
@@ -107,6 +110,8 @@ class Studio:
         for thread in (self._seeder, self._scorer):
             if thread is not None:
                 thread.join(timeout=60)
+        if self.embedder is not None:
+            self.embedder.stop(timeout=30)
         if self.worker is not None:
             self.worker.stop(timeout=30)
         self.imports.wait(timeout=30)
@@ -117,6 +122,15 @@ class Studio:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _start_embedding(self) -> None:
+        from ..embeddings import BackgroundEmbedder, EmbeddingStore, embeddings_dir
+
+        self.embeddings = EmbeddingStore(embeddings_dir(self.data_dir))
+        self.models.embeddings = self.embeddings  # one store: exemplars, unlikeness, the probe, the indexer
+        if self.options.background_embedding:
+            self.embedder = BackgroundEmbedder(self.db_path, self.data_dir, self.options.backbone, self.embeddings)
+            self.embedder.start()
+
     def _start_worker(self) -> None:
         from ..jobs.worker import Worker
 
@@ -126,6 +140,7 @@ class Studio:
             mode="thread",
             share_from=self.models.share_from,
             on_promoted=lambda _version_id: self.follow_model(),
+            embeddings=self.embeddings,
         )
         self.worker.start()
 

@@ -1,17 +1,23 @@
-"""Exemplars for :class:`~ila_core.ui.serving.ModelRuntime`: nearest confirmed images in frozen-feature space."""
+"""Exemplars and "unlike the confirmed images" for :class:`~ila_core.ui.serving.ModelRuntime`.
+
+Both read the frozen embeddings the background embedder and the training jobs store
+(:mod:`ila_core.embeddings`): one source for the probe, the nearest exemplars and the out-of-distribution
+score. The confirmed-image index is rebuilt only when labels or images change.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
+from ...embeddings import ConfirmedIndex, Embedder, EmbeddingStore, Unlikeness, build_embedder, normalise_rows
 from ...store import LabelStore
 from .results import Exemplar
 
@@ -19,68 +25,78 @@ __all__ = ["ExemplarsMixin"]
 
 _logger = logging.getLogger(__name__)
 
-_EMBED_CACHE = 20_000
-_EXEMPLARS_PER_CULTIVAR = 24  # candidates' confirmed images embedded per request, at most
-
 
 class ExemplarsMixin:
-    """Embedding and exemplar methods of :class:`~ila_core.ui.serving.ModelRuntime`, which owns this state."""
+    """Embedding, exemplar and unlikeness methods of :class:`~ila_core.ui.serving.ModelRuntime` (which owns the state)."""
 
     data_dir: Path
     db_path: Path
     predictor: Any
+    embeddings: EmbeddingStore
     _served: Callable[[], Any]
     _embed_lock: threading.Lock
-    _embeddings: OrderedDict[str, np.ndarray]
+    _embedder: Embedder | None
+    _index: tuple[tuple, ConfirmedIndex] | None
+
+    def _query_embedder(self) -> Embedder:
+        """An embedder for the served model's backbone (built once; frozen tensors shared with the served model)."""
+        served = self._served()
+        with self._embed_lock:
+            if self._embedder is None or self._embedder_backbone != served.built.backbone:
+                from ...training.model_setup import share_frozen_weights
+
+                embedder = build_embedder(served.built.backbone, data_dir=self.data_dir)
+                try:
+                    share_frozen_weights(served.built.model, embedder.model)
+                except ValueError:
+                    pass  # e.g. a trained CLS token differs: keep the embedder's own copy
+                self._embedder, self._embedder_backbone = embedder, served.built.backbone
+            return self._embedder
 
     def embed(self, images: dict[str, Image.Image]) -> dict[str, np.ndarray]:
-        """Frozen-backbone embeddings by key (sha256), cached; computes only the missing ones."""
-        with self._embed_lock:
-            missing = [k for k in images if k not in self._embeddings]
+        """Normalised ``[CLS ‖ mean patch]`` embeddings by sha256 key, from the store (missing ones computed, stored)."""
+        embedder = self._query_embedder()
+        keys = list(images)
+        namespace = embedder.namespace(0)
+        mask, rows = self.embeddings.get(namespace, keys)
+        missing = [k for k, hit in zip(keys, mask, strict=True) if not hit]
+        found: dict[str, torch.Tensor] = {k: rows[i] for i, k in enumerate(keys) if mask[i]} if rows is not None else {}
         if missing:
-            feats = self.predictor.embed([images[k] for k in missing]).numpy()
-            with self._embed_lock:
-                for k, f in zip(missing, feats):
-                    self._embeddings[k] = f
-                while len(self._embeddings) > _EMBED_CACHE:
-                    self._embeddings.popitem(last=False)
-        with self._embed_lock:
-            return {k: self._embeddings[k] for k in images if k in self._embeddings}
+            computed = embedder.compute([images[k] for k in missing], 0)
+            self.embeddings.put(namespace, missing, computed)
+            found.update({k: computed[i] for i, k in enumerate(missing)})
+        stacked = normalise_rows(torch.stack([found[k].float() for k in keys]), embedder.dim)
+        return {k: stacked[i].numpy() for i, k in enumerate(keys)}
+
+    def confirmed_index(self) -> ConfirmedIndex:
+        """Every confirmed image's embedding with its label (rebuilt when labels or images changed)."""
+        embedder = self._query_embedder()
+        with LabelStore.open(self.db_path, quick_check=False) as store:
+            key = (embedder.namespace(0), store.last_event_id(), store.count_images())
+            cached = self._index
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            items = store.labelled_items()
+        from ...training.dataset import Sample, image_path
+        from ...embeddings import embed_samples
+
+        samples = [Sample(image_path(self.data_dir, i.rel_path), 0, i.sha256) for i in items]
+        rows = embed_samples(samples, embedder, self.embeddings, 0)  # normally all stored by the background pass
+        index = ConfirmedIndex.build([i.image_id for i in items], [i.label for i in items],
+                                     [i.rel_path for i in items], rows, embedder.dim)  # fmt: skip
+        self._index = (key, index)
+        return index
 
     def exemplars(
         self, query: Image.Image, query_key: str, cultivars: Sequence[str], *, per_cultivar: int = 2,
         exclude_image: int | None = None,
     ) -> list[Exemplar]:  # fmt: skip
         """The confirmed images of each candidate cultivar closest to ``query`` (best first per cultivar)."""
-        from ...training.dataset import image_path
+        q = torch.from_numpy(self.embed({query_key: query})[query_key])
+        found = self.confirmed_index().nearest(q, cultivars, per_cultivar=per_cultivar, exclude=exclude_image)
+        return [Exemplar(n.image_id, n.label, n.similarity, n.rel_path) for n in found]
 
-        self._served()
-        with LabelStore.open(self.db_path, quick_check=False) as store:
-            items = [i for i in store.labelled_items() if i.label in set(cultivars) and i.image_id != exclude_image]
-        chosen: dict[str, list[Any]] = {}
-        for item in items:
-            group = chosen.setdefault(item.label, [])
-            if len(group) < _EXEMPLARS_PER_CULTIVAR:
-                group.append(item)
-        pool = [i for group in chosen.values() for i in group]
-        images = {query_key: query}
-        for item in pool:
-            if item.sha256 not in self._embeddings:
-                try:
-                    images[item.sha256] = Image.open(image_path(self.data_dir, item.rel_path)).convert("RGB")
-                except OSError:
-                    _logger.warning("exemplar image %d missing on disk", item.image_id)
-        self.embed(images)  # fills the cache for the ones not embedded yet
-        with self._embed_lock:
-            feats = {k: self._embeddings[k] for k in [query_key, *(i.sha256 for i in pool)] if k in self._embeddings}
-        q = feats[query_key]
-        out: list[Exemplar] = []
-        for cultivar in cultivars:
-            scored = [
-                Exemplar(i.image_id, cultivar, float(np.dot(q, feats[i.sha256])), i.rel_path)
-                for i in chosen.get(cultivar, [])
-                if i.sha256 in feats
-            ]
-            scored.sort(key=lambda e: -e.similarity)
-            out.extend(scored[:per_cultivar])
-        return out
+    def unlikeness(self, query: Image.Image, query_key: str, *, exclude_image: int | None = None) -> Unlikeness:
+        """How unlike the store's confirmed images ``query`` is, calibrated on those images."""
+        q = torch.from_numpy(self.embed({query_key: query})[query_key])
+        return self.confirmed_index().unlikeness(q, exclude=exclude_image)
