@@ -107,17 +107,6 @@ def test_served_model_runs_fused_adapters_with_the_checkpoint_logits(tmp_path, s
         torch.testing.assert_close(served.built.model(batch), reference.model.eval()(batch), rtol=1e-4, atol=1e-5)
 
 
-def test_embeddings_do_not_depend_on_the_version(tmp_path, store, images):
-    """embed() gives unit-norm frozen-backbone CLS features, identical across adapter versions."""
-    a, b = _publish(store, tmp_path, 1), _publish(store, tmp_path, 2)
-    store.activate_version(a)
-    predictor = Predictor.from_store(tmp_path, store)
-    first = predictor.embed(images)
-    predictor.activate(store.model_version(b))
-    assert first.shape == (4, 64) and torch.allclose(first.norm(dim=1), torch.ones(4))
-    torch.testing.assert_close(predictor.embed(images), first)
-
-
 def _hammer(predictor, images, golden, n: int, switch) -> list:
     """n concurrent predictions while ``switch`` runs; returns the answers that matched neither golden."""
     stop = threading.Event()

@@ -1,4 +1,4 @@
-"""Serving: the active model version answers top-k predictions and embeddings while versions switch.
+"""Serving: the active model version answers top-k predictions while versions switch.
 
 Switching never loads weights into the model that is serving (RELIABILITY fact 8): :meth:`Predictor.activate`
 builds a new model from the checkpoint, validates it (files, hash, backbone, keys, shapes, finite values, and
@@ -32,12 +32,11 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
-from ..adapters import LinearProbeConfig, fuse_for_inference
+from ..adapters import fuse_for_inference
 from ..backbone import BuiltModel
-from ..checkpoint import CheckpointError, build_reproducible, load_built
+from ..checkpoint import CheckpointError, load_built
 from ..config import BackboneConfig
 from ..store import LabelStore
-from ..training.model_setup import share_frozen_weights
 from ..training.transforms import eval_transform, preprocess_for
 from .paths import checkpoint_path
 
@@ -77,7 +76,6 @@ class Predictor:
         self._lock = threading.Lock()
         self._current: ServedModel | None = None
         self._previous: ServedModel | None = None
-        self._embedder: tuple[Any, torch.nn.Module] | None = None
         self.problem: str | None = None  # last loading problem, for the UI
 
     # state
@@ -238,25 +236,3 @@ class Predictor:
             for row_p, row_i in zip(top.values, top.indices)
         ]
         return served.version_id, answers
-
-    @torch.no_grad()
-    def embed(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Frozen-backbone CLS features (after the final norm, no adapters), L2-normalised, shape (N, D).
-
-        They do not change when a new adapter version is trained, so exemplar indices stay valid.
-        """
-        served = self._require()
-        backbone = served.built.backbone
-        cached = self._embedder
-        if cached is None or cached[0] != backbone:
-            base = build_reproducible(backbone, LinearProbeConfig(train_cls_token=False), 1, data_dir=self.data_dir)
-            model = base.model.to(self.device).eval()
-            try:
-                share_frozen_weights(served.built.model, model)
-            except ValueError:
-                pass  # e.g. a trained CLS token differs: keep this model's own copy
-            cached = self._embedder = (backbone, model)
-        model = cached[1]
-        batch = torch.stack([served.transform(im.convert("RGB")) for im in images]).to(self.device)
-        feats = model.forward_head(model.forward_features(batch), pre_logits=True)
-        return torch.nn.functional.normalize(feats.float(), dim=1).cpu()
