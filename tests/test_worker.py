@@ -343,3 +343,23 @@ def test_watchdog_kills_a_stalled_child_process(data_dir):
     assert after["id"] == before["id"] and checkpoint_path(data_dir, after).read_bytes() == before_bytes
     assert not list((data_dir / "adapters").glob("*.tmp"))
     assert len(list((data_dir / "adapters").glob("*.safetensors"))) == 1
+
+
+def test_a_finished_job_thread_is_not_called_stuck(data_dir, caplog):
+    """While a succeeded job's thread winds down, the loop waits quietly instead of logging it as abandoned."""
+    _enqueue(data_dir, epochs=1)
+
+    def slow_callbacks(event):  # e.g. the app building the promoted model after the job row is final
+        if event["kind"] == "finished":
+            time.sleep(0.5)
+
+    worker = Worker(data_dir, poll_s=0.02, progress_interval_s=0, on_event=slow_callbacks)
+    with caplog.at_level("WARNING", logger="ila_core.jobs.worker"):
+        worker.start()
+        try:
+            _wait_for(lambda: worker.last_outcome is not None, 120, "the job to finish")
+            time.sleep(0.3)  # several polls after the job ended
+        finally:
+            worker.stop(timeout=30)
+    assert worker.last_outcome.status == "succeeded"
+    assert "abandoning" not in caplog.text

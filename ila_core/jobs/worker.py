@@ -82,6 +82,8 @@ class Worker:
         self._child_stop: Any = None
         self._cache: FeatureCache | None = None
         self._embeddings: EmbeddingStore | None = embeddings
+        self._returned: set[str] = set()  # job threads whose run_training returned (they may still be exiting)
+        self._abandoned: set[str] = set()  # stuck job threads already reported
         self._cache_mb = cache_memory_mb
         self.last_outcome: RunOutcome | None = None
 
@@ -141,6 +143,8 @@ class Worker:
         return self._embeddings
 
     def _on_event(self, event: dict[str, Any]) -> None:
+        if event.get("kind") == "finished":  # this thread finished its job; what follows is winding down
+            self._returned.add(threading.current_thread().name)
         if self.on_event is not None:
             self.on_event(event)
         if event.get("kind") == "promoted" and self.on_promoted is not None:
@@ -168,6 +172,12 @@ class Worker:
                                embeddings=self._embedding_store())  # fmt: skip
         self.last_outcome = outcome
         return outcome
+
+    def _run_and_mark(self, job: dict[str, Any]) -> None:
+        try:
+            self._run(job)
+        finally:
+            self._returned.add(threading.current_thread().name)
 
     def watchdog(self) -> list[int]:
         """Fail running jobs whose heartbeat stalled or whose worker died; kill our child if it stalled (FLT-19).
@@ -210,11 +220,15 @@ class Worker:
             with LabelStore.open(self.store_path, quick_check=False) as store:
                 if store.active_job() is not None and store.active_job()["status"] == "running":
                     return
+            if self._job_thread.name in self._returned:
+                return  # its job is finished and the thread is winding down (callbacks): nothing is stuck
             # The job was marked failed while its thread is still stuck: leave the thread, take new work.
-            _logger.warning("abandoning stuck training thread %s", self._job_thread.name)
+            if self._job_thread.name not in self._abandoned:
+                self._abandoned.add(self._job_thread.name)
+                _logger.warning("abandoning stuck training thread %s", self._job_thread.name)
         job = self.claim()
         if job is not None:
-            self._job_thread = threading.Thread(target=self._run, args=(job,), name=f"ila-train-{job['id']}",
+            self._job_thread = threading.Thread(target=self._run_and_mark, args=(job,), name=f"ila-train-{job['id']}",
                                                 daemon=True)  # fmt: skip
             self._job_thread.start()
 
