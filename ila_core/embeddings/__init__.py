@@ -13,7 +13,8 @@ from .neighbours import ConfirmedIndex, Neighbour, Unlikeness, normalise_rows
 from .store import EmbeddingStore
 
 __all__ = ["EmbeddingStore", "Embedder", "build_embedder", "embed_samples", "cls_part", "embeddings_dir",
-           "BackgroundEmbedder", "IndexerStatus", "ConfirmedIndex", "Neighbour", "Unlikeness", "normalise_rows"]  # fmt: skip
+           "BackgroundEmbedder", "IndexerStatus", "ConfirmedIndex", "Neighbour", "Unlikeness",
+           "normalise_rows"]  # fmt: skip
 
 
 def embeddings_dir(data_dir: Path) -> Path:

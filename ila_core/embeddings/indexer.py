@@ -53,7 +53,8 @@ class BackgroundEmbedder:
                  batch_size: int = 16, poll_s: float = 2.0, busy: Callable[[], bool] | None = None,
                  resize_ratio: float = 1.34) -> None:  # fmt: skip
         self.db_path, self.data_dir, self.backbone, self.store = Path(db_path), Path(data_dir), backbone, store
-        self.batch_size, self.poll_s, self.busy, self.resize_ratio = batch_size, poll_s, busy or (lambda: False), resize_ratio
+        self.batch_size, self.poll_s, self.resize_ratio = batch_size, poll_s, resize_ratio
+        self.busy = busy or (lambda: False)
         self._embedder: Embedder | None = None
         self._watermark = 0  # images with id <= this have a row
         self._embedded = self._total = 0

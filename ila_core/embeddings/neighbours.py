@@ -66,7 +66,8 @@ class Unlikeness:
     def describe(self) -> str:
         """Words for the Classify screen."""
         if self.threshold is None:
-            return f"similarity to the nearest confirmed image {self.similarity:.2f} (too few confirmed images to judge)"
+            return (f"similarity to the nearest confirmed image {self.similarity:.2f} "
+                    "(too few confirmed images to judge)")
         if self.unusual:
             return (f"Unlike the confirmed images: the nearest is only {self.similarity:.2f} similar (confirmed leaves "
                     f"are usually {self.typical:.2f} alike, 98% above {self.threshold:.2f}). This may not be a leaf "

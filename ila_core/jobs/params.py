@@ -63,7 +63,8 @@ def parse_job_params(params: Mapping[str, Any]) -> tuple[BackboneConfig, MethodC
         backbone = BackboneConfig(**b)
         variant = params.get("variant", "ila")
         # the probe job trains nothing: its model is the frozen backbone plus a closed-form head
-        method = method_config("linear" if variant == "probe" else variant, **dict(params.get("method_overrides") or {}))
+        overrides = dict(params.get("method_overrides") or {})
+        method = method_config("linear" if variant == "probe" else variant, **overrides)
         config = preset(params.get("preset", "quick"), **dict(params.get("train") or {}))
     except TypeError as exc:  # unknown keyword in a stored job
         raise ValueError(f"invalid job parameters: {exc}") from None

@@ -288,10 +288,10 @@ def _train_job(store: LabelStore, row: dict[str, Any], data_dir: Path, rep: _Rep
     rivals = [r for r in (probe_rival, start_rival) if r is not None]
     entry, _ = _publish(store, data_dir, rep, row, built, data, metrics, kind=kind, rivals=rivals,
                         train_config=config.to_dict(),
-                        extra={"epochs": result.epochs, "steps": result.steps, "steps_requested": result.steps_requested,
-                               "budget_cut": result.budget_cut, "seconds": round(result.seconds, 2),
-                               "train_seconds": result.train_seconds, "head_init": result.head_init,
-                               "warnings": list(warnings)})  # fmt: skip
+                        extra={"epochs": result.epochs, "steps": result.steps,
+                               "steps_requested": result.steps_requested, "budget_cut": result.budget_cut,
+                               "seconds": round(result.seconds, 2), "train_seconds": result.train_seconds,
+                               "head_init": result.head_init, "warnings": list(warnings)})  # fmt: skip
     published.append(entry)
     return _finished(job_id, published, warnings, metrics=metrics, epochs=result.epochs,
                      serving=_serving(store, published, start_rival))  # fmt: skip

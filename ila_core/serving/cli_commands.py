@@ -1,4 +1,4 @@
-"""``python -m ila_core`` commands of the serving package: eval and predict with a model version as the app serves it."""
+"""``python -m ila_core`` commands of the serving package: eval and predict, with a version as the app serves it."""
 
 from __future__ import annotations
 

@@ -63,6 +63,6 @@ def decide(candidate: Mapping[str, Any] | None, rivals: Sequence[Rival], *, has_
     if not compared:
         skipped = "; ".join(r.why_not for r in rivals if r.why_not) or "no rival had holdout metrics"
         return Decision(True, f"promoted: nothing comparable on this holdout ({skipped})")
-    top1 = float(candidate["top1"])
-    return Decision(True, f"promoted: holdout top-1 {top1:.3f} and macro-F1 {float(candidate.get('macro_f1') or 0):.3f} "
-                          f"at least those of {' and '.join(compared)}")  # fmt: skip
+    top1, f1 = float(candidate["top1"]), float(candidate.get("macro_f1") or 0.0)
+    return Decision(True, f"promoted: holdout top-1 {top1:.3f} and macro-F1 {f1:.3f} at least those of "
+                          f"{' and '.join(compared)}")  # fmt: skip

@@ -78,8 +78,10 @@ class _Inputs:
     cached: bool
 
 
-def _inputs(built: BuiltModel, model: nn.Module, data: TrainingSet, config: TrainConfig, prep: Preprocess,
-            cache: FeatureCache | None, stop: Callable[[], bool], progress: Callback) -> tuple[_Inputs, FeatureCache | None]:  # fmt: skip
+def _inputs(
+    built: BuiltModel, model: nn.Module, data: TrainingSet, config: TrainConfig, prep: Preprocess,
+    cache: FeatureCache | None, stop: Callable[[], bool], progress: Callback,
+) -> tuple[_Inputs, FeatureCache | None]:  # fmt: skip
     """Cached prefix tokens when the recipe asks and the prefix is frozen, else images through transforms."""
     plan = plan_prefix(model) if config.use_feature_cache else None
     views = (0, 1) if config.hflip else (0,)
@@ -87,8 +89,9 @@ def _inputs(built: BuiltModel, model: nn.Module, data: TrainingSet, config: Trai
         if config.use_feature_cache:
             _logger.info("feature cache requested but the patch embedding trains; running uncached")
         fixed: list[Dataset] = [ImageDataset(data.train, view_transform(prep, v)) for v in views]
-        return _Inputs(ImageDataset(data.train, train_transform(prep, hflip=config.hflip)),
-                       ImageDataset(data.holdout, eval_transform(prep)), model, config.num_workers, fixed, False), None  # fmt: skip
+        train = ImageDataset(data.train, train_transform(prep, hflip=config.hflip))
+        return _Inputs(train, ImageDataset(data.holdout, eval_transform(prep)), model, config.num_workers, fixed,
+                       False), None  # fmt: skip
     cache = cache or FeatureCache(max_memory_mb=1024)
     features = CachedFeatures(model, plan, prep, cache, backbone_identity(built))
     features.fill(data.train, views, batch_size=config.eval_batch_size, should_stop=stop,
@@ -176,9 +179,9 @@ def fit(
         done = row["global_step"]
         if budget.step_done(done):  # the machine is slower than planned: fit the cosine to what still fits
             schedule.total_steps = budget.planned
-        per_step = budget.elapsed_s / max(done, 1)
+        eta = budget.elapsed_s / max(done, 1) * max(budget.planned - done, 0)
         progress({"phase": "train", "epoch": row["epoch"] + 1, "step": done, "total_steps": budget.planned,
-                  "loss": row["loss"], "lr": row["lr"], "eta_s": round(per_step * max(budget.planned - done, 0), 1)})  # fmt: skip
+                  "loss": row["loss"], "lr": row["lr"], "eta_s": round(eta, 1)})  # fmt: skip
 
     history: list[dict[str, Any]] = []
     global_step, epoch, stopped = 0, 0, False
@@ -211,11 +214,12 @@ def fit(
         if stop():
             stopped, metrics = True, None
     model.eval()
+    head = None if head_fit is None else {"alpha": head_fit.alpha, "cv_top1": head_fit.cv_top1}
     return FitResult(metrics=metrics, epochs=len(history), steps=global_step, stopped=stopped,
                      seconds=time.perf_counter() - start, history=history,
                      cache_stats=cache.stats() if inputs.cached and cache is not None else {},
                      steps_requested=budget.requested, budget_cut=budget.cut, train_seconds=round(train_seconds, 2),
-                     head_init=None if head_fit is None else {"alpha": head_fit.alpha, "cv_top1": head_fit.cv_top1})  # fmt: skip
+                     head_init=head)  # fmt: skip
 
 
 def _evaluate(net: nn.Module, holdout: Dataset, sampler: Sampler | None, class_names: list[str], config: TrainConfig,

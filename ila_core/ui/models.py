@@ -50,10 +50,13 @@ def version_rows(versions: list[dict[str, Any]], served: int | None) -> list[lis
         m = v.get("metrics") or {}
         extra = (v.get("manifest") or {}).get("extra") or {}
         status = v["status"] + (" · serving" if v["id"] == served else "")
-        trained = f"{extra['steps']}/{extra['steps_requested']} steps" if extra.get("steps_requested") else extra.get("epochs", "")
+        trained = extra.get("epochs", "")
+        if extra.get("steps_requested"):
+            trained = f"{extra['steps']}/{extra['steps_requested']} steps"
         rows.append([f"v{v['id']}", v.get("kind", "ila"), status, (v.get("created_at") or "")[:16].replace("T", " "),
                      _num(m.get("top1")), _num(m.get("top5")), _num(m.get("macro_f1")), m.get("count", ""), trained,
-                     v.get("job_id") or "", f"v{v['parent_id']}" if v.get("parent_id") else "", v.get("note") or ""])  # fmt: skip
+                     v.get("job_id") or "", f"v{v['parent_id']}" if v.get("parent_id") else "",
+                     v.get("note") or ""])  # fmt: skip
     return rows
 
 

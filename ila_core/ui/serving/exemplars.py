@@ -27,7 +27,7 @@ _logger = logging.getLogger(__name__)
 
 
 class ExemplarsMixin:
-    """Embedding, exemplar and unlikeness methods of :class:`~ila_core.ui.serving.ModelRuntime` (which owns the state)."""
+    """Embedding, exemplar and unlikeness methods of :class:`~ila_core.ui.serving.ModelRuntime` (it owns the state)."""
 
     data_dir: Path
     db_path: Path
@@ -54,7 +54,7 @@ class ExemplarsMixin:
             return self._embedder
 
     def embed(self, images: dict[str, Image.Image]) -> dict[str, np.ndarray]:
-        """Normalised ``[CLS ‖ mean patch]`` embeddings by sha256 key, from the store (missing ones computed, stored)."""
+        """Normalised ``[CLS ‖ mean patch]`` rows by sha256 key, from the store (missing ones computed and stored)."""
         embedder = self._query_embedder()
         keys = list(images)
         namespace = embedder.namespace(0)
