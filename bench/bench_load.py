@@ -235,6 +235,8 @@ def load_02(url: str, queue_size: int, images: list[Path]) -> dict[str, Any]:
         "rejected_queue_full": len(rejected),
         "other_errors": len(results) - len(ok) - len(rejected),
         "max_reject_s": round(max(rejected), 4) if rejected else None,
+        "p50_reject_s": _pct(rejected, 0.5),
+        "min_reject_s": round(min(rejected), 4) if rejected else None,
         "p50_ok_s": _pct(ok, 0.5),
         "p95_ok_s": _pct(ok, 0.95),
         "max_ok_s": round(max(ok), 4) if ok else None,
@@ -271,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run LOAD-01 (5 and 20 users) and LOAD-02 against a child app process; write bench/results/load.json."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--serve", nargs=2, metavar=("DATA_DIR", "PORT"), help=argparse.SUPPRESS)
-    p.add_argument("--users", type=int, nargs="+", default=[5, 20])
+    p.add_argument("--users", type=int, nargs="*", default=[5, 20], help="LOAD-01 client counts (none: skip it)")
     p.add_argument("--loops", type=int, default=5, help="predict + correct rounds per user")
     p.add_argument("--queue-size", type=int, default=16)
     p.add_argument("--model-delay", type=float, default=0.0, help="extra seconds per model call (a bigger backbone)")
@@ -293,11 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             _wait_ready(url, timeout=180)
             rss_start = _rss_mb(child.pid)
-            images = _images(Path(tmp) / "images", max(args.users) * args.loops + 4 * args.queue_size)
+            images = _images(Path(tmp) / "images", max(args.users, default=0) * args.loops + 4 * args.queue_size)
             rows = []
             for n in args.users:
                 _logger.info("LOAD-01 with %d users", n)
-                rows.append(load_01(url, n, args.loops, images[: max(args.users) * args.loops]))
+                rows.append(load_01(url, n, args.loops, images[: max(args.users, default=0) * args.loops]))
             _logger.info("LOAD-02 burst of %d", 4 * args.queue_size)
             rows.append(load_02(url, args.queue_size, images[-4 * args.queue_size :]))
             time.sleep(2)

@@ -176,3 +176,42 @@ def test_no_model_message_says_whether_a_job_exists(tmp_path, job):
                 studio.enqueue_training(store, user="test")
         message = studio.models.unavailable()
     assert ("training job 1 is queued" in message) == job and ("Retrain on the Train tab" in message) == (not job)
+
+
+# -- a burst against a full queue ----------------------------------------------------------------------------
+
+
+def test_queue_guard_refuses_at_once_when_the_queue_is_full():
+    """LOAD-02: a join while the queue is at max_size gets 503 "Queue is full" without reaching Gradio's route."""
+    from ila_core.ui.middleware import QueueGuard
+
+    class _Queue(list):
+        max_size = 2
+
+    blocks = SimpleNamespace(_queue=_Queue([1, 2]))
+    reached = []
+
+    async def gradio(scope, receive, send):
+        reached.append(scope["path"])
+        await _ok_app(scope, receive, send)
+
+    guard = QueueGuard(gradio)
+    app = SimpleNamespace(get_blocks=lambda: blocks)
+
+    def call(path: str) -> tuple[int, dict]:
+        sent: list[dict] = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(guard({"type": "http", "method": "POST", "path": path, "headers": [], "app": app}, receive, send))
+        raw = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        return next(m["status"] for m in sent if m["type"] == "http.response.start"), json.loads(raw)
+
+    status, body = call("/gradio_api/queue/join")
+    blocks._queue = _Queue([1])
+    assert status == 503 and body["detail"].startswith("Queue is full") and reached == []
+    assert call("/gradio_api/queue/join")[0] == 200 and reached == ["/gradio_api/queue/join"]

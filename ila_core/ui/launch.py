@@ -17,7 +17,7 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from ..config import AppConfig
-from .middleware import LoginGuard, UploadGuard
+from .middleware import LoginGuard, QueueGuard, UploadGuard
 from .studio import Studio
 
 __all__ = ["ASSETS", "DELETE_CACHE", "css", "head", "launch_settings", "middleware", "prepare_environment",
@@ -91,8 +91,9 @@ def queue_settings(config: AppConfig) -> dict[str, Any]:
 
 
 def middleware(studio: Studio) -> list[Middleware]:
-    """Guards in front of Gradio's own routes: login throttle, disk check of the upload route."""
-    return [Middleware(LoginGuard, throttle=studio.logins), Middleware(UploadGuard, folder=studio.temp_dir)]
+    """Guards in front of Gradio's own routes: queue-full refusal, login throttle, disk check of the upload route."""
+    return [Middleware(QueueGuard), Middleware(LoginGuard, throttle=studio.logins),
+            Middleware(UploadGuard, folder=studio.temp_dir)]  # fmt: skip
 
 
 def launch_settings(config: AppConfig, studio: Studio, *, quiet: bool = False) -> dict[str, Any]:

@@ -1,9 +1,11 @@
-"""ASGI middleware in front of Gradio's own routes: login throttling and the upload route's disk check.
+"""ASGI middleware in front of Gradio's own routes: login throttling, the upload route's disk check, queue-full.
 
-Both wrap routes that Gradio defines and no handler of ours sees: ``POST /login`` (throttled per user name
-and address, :mod:`ila_core.ui.throttle`) and ``POST /gradio_api/upload`` (refused with "storage full"
-when the disk lacks room, and when writing the upload fails for lack of space, instead of a bare HTTP 500).
-They are passed to Gradio's FastAPI app through ``launch(app_kwargs={"middleware": [...]})``.
+They wrap routes that Gradio defines and no handler of ours sees: ``POST /login`` (throttled per user name
+and address, :mod:`ila_core.ui.throttle`), ``POST /gradio_api/upload`` (refused with "storage full" when the
+disk lacks room, and when writing the upload fails for lack of space, instead of a bare HTTP 500) and
+``POST /gradio_api/queue/join`` (refused with HTTP 503 before any parsing when the queue is full, so a burst
+is turned away at once). They are passed to Gradio's FastAPI app through
+``launch(app_kwargs={"middleware": [...]})``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from starlette.requests import Request
 
 from .throttle import LoginThrottle
 
-__all__ = ["LoginGuard", "UploadGuard", "STORAGE_FULL"]
+__all__ = ["LoginGuard", "QueueGuard", "UploadGuard", "STORAGE_FULL"]
 
 _logger = logging.getLogger(__name__)
 
@@ -170,3 +172,35 @@ def _content_length(scope: Scope) -> int:
             except ValueError:
                 return 0
     return 0
+
+
+class QueueGuard:
+    """Answers ``POST .../gradio_api/queue/join`` with 503 "Queue is full" while the queue is at ``max_size``.
+
+    Gradio refuses the same request itself, but only after authentication, body parsing and validation;
+    under a burst those run behind the accepted requests' work on the event loop and the refusals take
+    seconds (LOAD-02). The count is read from the app's queue; anything unexpected passes through to Gradio.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if _is_post(scope, "/gradio_api/queue/join"):
+            full = _queue_full(scope.get("app"))
+            if full is not None:
+                await _respond(send, 503, {"detail": full})
+                return
+        await self.app(scope, receive, send)
+
+
+def _queue_full(app: Any) -> str | None:
+    """Gradio's own "Queue is full" text when the app's queue is at its limit, else None."""
+    try:
+        queue = app.get_blocks()._queue  # noqa: SLF001 - Gradio exposes no public size of its queue
+        size, limit = len(queue), queue.max_size
+    except Exception:  # noqa: BLE001 - not a Gradio app or another version: let Gradio decide
+        return None
+    if limit is None or size < limit:
+        return None
+    return f"Queue is full. Max size is {limit} and size is {size}."
