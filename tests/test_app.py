@@ -444,3 +444,13 @@ def test_unlike_the_confirmed_images_is_said_beside_the_prediction(app):
     assert leaf.threshold is not None and not leaf.unusual
     assert odd.unusual and odd.similarity < leaf.similarity
     assert "Unlike the confirmed images" not in flags_html(studio, facts)
+
+
+def test_review_sorts_by_how_unlike_the_confirmed_images(app):
+    """The Review queue can put the images least like any confirmed one first."""
+    from ila_core.ui.review import review_queue
+
+    studio = app[2]
+    items = review_queue(studio, sort="unlike", cultivar=None, split=None, version=None, limit=500)
+    sims = [i["unlike"].similarity for i in items]
+    assert len(items) >= 10 and sims == sorted(sims)

@@ -136,6 +136,21 @@ class ConfirmedIndex:
                 out.append(Neighbour(self.ids[i], self.labels[i], float(value), self.paths[i]))
         return out
 
+    def best_similarities(self, queries: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
+        """Nearest-confirmed similarity of each normalised query row (each query's own image id excluded)."""
+        out = torch.empty(queries.shape[0])
+        if not len(self):
+            return out.fill_(0.0)
+        for start in range(0, queries.shape[0], 2048):  # blocks bound the (queries x confirmed) matrix
+            sims = queries[start : start + 2048].float() @ self.vectors.T
+            own = self._id_tensor[None, :] == torch.tensor(list(ids[start : start + 2048]))[:, None]
+            out[start : start + sims.shape[0]] = sims.masked_fill(own, -2.0).max(dim=1).values
+        return out
+
+    def judge(self, similarity: float) -> Unlikeness:
+        """The verdict for a nearest-confirmed similarity computed elsewhere (e.g. by :meth:`best_similarities`)."""
+        return Unlikeness(float(similarity), self._threshold, self._typical)
+
     def unlikeness(self, query: torch.Tensor, *, exclude: int | None = None) -> Unlikeness:
         """How unlike every confirmed image ``query`` (a normalised row) is."""
         if not len(self):

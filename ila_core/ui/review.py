@@ -1,7 +1,8 @@
 """Review tab: a queue of images worth an expert's look, filters, bulk relabel of a selection, undo.
 
 Sort orders: smallest top-1/top-2 margin of a model version (uncertain first), disagreement between that
-version's top-1 and the current label, images marked unsure, newest. Predictions of the served version are
+version's top-1 and the current label, images marked unsure, how unlike the confirmed images an image is (its
+nearest confirmed image's similarity, lowest first, from the stored frozen embeddings), newest. Predictions of the served version are
 computed for images that have none (bounded per refresh); other versions use their stored predictions.
 """
 
@@ -22,7 +23,7 @@ __all__ = ["SORTS", "build_review_tab", "review_queue"]
 _logger = logging.getLogger(__name__)
 
 SORTS = {"margin": "Smallest margin (top-1 − top-2)", "disagree": "Model disagrees with label",
-         "unsure": "Marked unsure", "newest": "Newest first"}  # fmt: skip
+         "unsure": "Marked unsure", "unlike": "Unlike the confirmed images", "newest": "Newest first"}  # fmt: skip
 ALL = "All"
 SPLITS = {ALL: None, "train": "train", "holdout": "holdout", "pool (unassigned)": "pool"}
 QUEUE_SIZE = 48
@@ -60,6 +61,7 @@ def review_queue(
                 found = store.latest_prediction(int(row["id"]), version_id)
                 if found is not None:
                     preds[int(row["id"])] = [(t["label"], float(t["prob"])) for t in found["topk"]]
+    unlike = studio.models.unlikeness_of_stored(rows) if sort == "unlike" and version_id is not None else {}
     items = []
     for row in rows:
         label = (
@@ -84,9 +86,15 @@ def review_queue(
             continue
         if sort == "unsure" and label != "unsure":
             continue
+        if sort == "unlike":
+            if int(row["id"]) not in unlike:
+                continue
+            item["unlike"] = unlike[int(row["id"])]
         items.append(item)
     if sort == "margin":
         items.sort(key=lambda i: (i["margin"], i["id"]))
+    elif sort == "unlike":
+        items.sort(key=lambda i: (i["unlike"].similarity, i["id"]))  # the most unlike first
     elif sort == "disagree":
         items.sort(key=lambda i: (-i["topk"][0][1], i["id"]))  # the most confident disagreements first
     else:

@@ -100,3 +100,16 @@ class ExemplarsMixin:
         """How unlike the store's confirmed images ``query`` is, calibrated on those images."""
         q = torch.from_numpy(self.embed({query_key: query})[query_key])
         return self.confirmed_index().unlikeness(q, exclude=exclude_image)
+
+    def unlikeness_of_stored(self, rows: Sequence[dict[str, Any]]) -> dict[int, Unlikeness]:
+        """Unlikeness of stored images by id, from their stored embeddings (images not embedded yet are left out)."""
+        index = self.confirmed_index()
+        embedder = self._query_embedder()
+        mask, found = self.embeddings.get(embedder.namespace(0), [r["sha256"] for r in rows])
+        kept = [r for r, hit in zip(rows, mask, strict=True) if hit]
+        if found is None or not kept:
+            return {}
+        vectors = normalise_rows(found[torch.tensor(mask)], embedder.dim)
+        ids = [int(r["id"]) for r in kept]
+        best = index.best_similarities(vectors, ids)
+        return {i: index.judge(float(b)) for i, b in zip(ids, best, strict=True)}
