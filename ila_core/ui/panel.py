@@ -69,7 +69,7 @@ def flags_html(studio: Studio, facts: ImageFacts, outside_leaf: float | None = N
     """Visible notes: low confidence, small margin, attribution off the leaf, disagreement with the label."""
     notes: list[tuple[str, str]] = []
     if facts.version_id is None:
-        notes.append(("info", "No trained model yet: the first training job runs in the background (Train tab)."))
+        notes.append(("info", as_text(studio.models.unavailable())))  # names an unreadable model file, or the job
     elif facts.topk:
         top_label, top_p = facts.topk[0]
         if top_p < studio.options.low_confidence:
