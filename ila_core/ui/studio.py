@@ -128,7 +128,11 @@ class Studio:
         self.embeddings = EmbeddingStore(embeddings_dir(self.data_dir))
         self.models.embeddings = self.embeddings  # one store: exemplars, unlikeness, the probe, the indexer
         if self.options.background_embedding:
-            self.embedder = BackgroundEmbedder(self.db_path, self.data_dir, self.options.backbone, self.embeddings)
+            # A running job embeds what its probe needs itself: two threads embedding the same images would only
+            # halve each other's speed on a small machine, so the background pass waits meanwhile.
+            busy = lambda: self.worker is not None and self.worker.busy  # noqa: E731
+            self.embedder = BackgroundEmbedder(self.db_path, self.data_dir, self.options.backbone, self.embeddings,
+                                               busy=busy)  # fmt: skip
             self.embedder.start()
 
     def _start_worker(self) -> None:
