@@ -7,10 +7,10 @@ import torch
 from ila_core.embeddings import ConfirmedIndex, normalise_rows
 
 
-def _clusters(n_per: int = 20, dim: int = 16, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
+def _clusters(n_per: int = 20, dim: int = 16, seed: int = 0, noise: float = 0.3) -> tuple[torch.Tensor, list[str]]:
     g = torch.Generator().manual_seed(seed)
     centres = torch.randn(3, 2 * dim, generator=g) * 3
-    rows = torch.cat([centres[c] + 0.3 * torch.randn(n_per, 2 * dim, generator=g) for c in range(3)])
+    rows = torch.cat([centres[c] + noise * torch.randn(n_per, 2 * dim, generator=g) for c in range(3)])
     return rows, [f"c{c}" for c in range(3) for _ in range(n_per)]
 
 
@@ -47,3 +47,13 @@ def test_too_few_confirmed_images_never_warn():
     assert not far.unusual and far.threshold is None and "too few" in far.describe()
     empty = ConfirmedIndex.build([], [], [], torch.zeros(0, 32), 16)
     assert empty.nearest(torch.zeros(32), ["c0"]) == [] and not empty.unlikeness(torch.zeros(32)).unusual
+
+
+def test_near_duplicates_are_named():
+    """A re-saved copy of a confirmed image is named as its near-duplicate; a different leaf is not."""
+    rows, labels = _clusters(noise=2.0)  # leaves of one cultivar differ as much as real ones do
+    index = ConfirmedIndex.build(list(range(len(labels))), labels, [""] * len(labels), rows, 16)
+    copy = index.unlikeness(normalise_rows(rows[3:4] * 1.001, 16)[0], exclude=None)
+    assert copy.near_duplicate is not None and copy.near_duplicate.image_id == 3
+    other = index.unlikeness(normalise_rows(rows[3:4], 16)[0], exclude=3)  # itself excluded: its cluster mates
+    assert other.near_duplicate is None

@@ -191,11 +191,12 @@ def test_background_embedder_embeds_new_images_once(data_dir):
     store = EmbeddingStore(embeddings_dir(data_dir))
     indexer = BackgroundEmbedder(data_dir / "ila.db", data_dir, backbone, store, batch_size=8)
     first = indexer.run_once()
-    assert first == 3 * (8 + 3) and indexer.status().done and not indexer.status().running
+    assert first == 3 * (8 + 3) + 3 * 8  # every image, and the mirror view of every labelled training image
+    assert indexer.status().done and not indexer.status().running
     assert indexer.run_once() == 0
     with LabelStore.open(data_dir / "ila.db") as db:
         add_toy_images(db, data_dir, 1, range(100, 102), split="train")
-    assert indexer.run_once() == 2
+    assert indexer.run_once() == 2 + 2
     calls = []  # the probe stage must find every row: count the images it embeds itself
     from ila_core.embeddings import embedder as embedder_module
 
@@ -206,4 +207,4 @@ def test_background_embedder_embeds_new_images_once(data_dir):
         Worker(data_dir, progress_interval_s=0, embeddings=store).run_once()
     finally:
         embedder_module.Embedder.compute = original
-    assert sum(calls) == 3 * 8 + 1 * 2  # only the mirror views of the training images were new
+    assert sum(calls) == 0  # the probe found every row it needs

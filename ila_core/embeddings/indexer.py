@@ -1,7 +1,8 @@
 """Embed every stored image once, in the background after import, so a Retrain's probe starts at once.
 
 A thread walks the images table by id (new images only: a watermark of the last id seen), embeds them in
-small batches with the frozen backbone, and stores the rows (:class:`~ila_core.embeddings.EmbeddingStore`).
+small batches with the frozen backbone (labelled training images under their mirror view too), and stores the
+rows (:class:`~ila_core.embeddings.EmbeddingStore`).
 It yields to interactive work: while ``busy()`` says requests are being answered it waits between batches.
 Its progress (``embedded`` of ``total``) is cheap to read, for the page header.
 """
@@ -85,6 +86,10 @@ class BackgroundEmbedder:
                 _logger.exception("background embedding pass failed")
             self._stop.wait(self.poll_s)
 
+    def _missing(self, namespace: str, samples: list[Sample]) -> list[Sample]:
+        mask, _ = self.store.get(namespace, [s.sha256 for s in samples])
+        return [s for s, hit in zip(samples, mask, strict=True) if not hit and s.path.exists()]
+
     def run_once(self) -> int:
         """Embed every image added since the last pass; returns how many rows were computed."""
         with LabelStore.open(self.db_path, quick_check=False) as store:
@@ -95,23 +100,27 @@ class BackgroundEmbedder:
             return 0
         if self._embedder is None:
             self._embedder = build_embedder(self.backbone, data_dir=self.data_dir, resize_ratio=self.resize_ratio)
-        embedder, namespace = self._embedder, self._embedder.namespace(0)
+        embedder = self._embedder
         samples = [Sample(image_path(self.data_dir, r["rel_path"]), 0, r["sha256"]) for r in rows]
-        mask, _ = self.store.get(namespace, [s.sha256 for s in samples])
-        todo = [s for s, hit in zip(samples, mask, strict=True) if not hit and s.path.exists()]
-        base = self._total - len(todo)
-        self._embedded, self._running = base, bool(todo)
+        # Labelled training images also get their mirror view: the probe of the next Retrain fits on both.
+        train = [s for s, r in zip(samples, rows, strict=True) if r.get("label_kind") == "label"
+                 and r.get("split") != "holdout"]  # fmt: skip
+        work = [(view, self._missing(embedder.namespace(view), group)) for view, group in ((0, samples), (1, train))]
+        base = self._total - len(work[0][1])
+        self._embedded, self._running = base, any(todo for _, todo in work)
         computed = 0
         try:
-            for start in range(0, len(todo), self.batch_size):
-                while self.busy() and not self._stop.is_set():
-                    self._stop.wait(0.2)  # interactive requests first
-                if self._stop.is_set():
-                    return computed
-                chunk = todo[start : start + self.batch_size]
-                embed_samples(chunk, embedder, self.store, 0, batch_size=self.batch_size)
-                computed += len(chunk)
-                self._embedded = base + computed
+            for view, todo in work:
+                for start in range(0, len(todo), self.batch_size):
+                    while self.busy() and not self._stop.is_set():
+                        self._stop.wait(0.2)  # interactive work and training jobs first
+                    if self._stop.is_set():
+                        return computed
+                    chunk = todo[start : start + self.batch_size]
+                    embed_samples(chunk, embedder, self.store, view, batch_size=self.batch_size)
+                    computed += len(chunk)
+                    if view == 0:
+                        self._embedded = base + min(computed, len(todo))
         finally:
             self._running = False
         self._watermark = max(int(r["id"]) for r in rows)

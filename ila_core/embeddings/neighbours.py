@@ -23,6 +23,7 @@ __all__ = ["Neighbour", "Unlikeness", "ConfirmedIndex", "normalise_rows"]
 
 _QUANTILE = 0.02  # confirmed images this unlike their nearest neighbour are rare: below it, warn
 _MIN_FOR_CALIBRATION = 8
+NEAR_DUPLICATE = 0.98  # mean cosine of both halves: re-encodings and crops of one photo, not two leaves
 
 
 def normalise_rows(rows: torch.Tensor, dim: int) -> torch.Tensor:
@@ -50,6 +51,12 @@ class Unlikeness:
     similarity: float  # to the nearest confirmed image
     threshold: float | None  # below this the query is unlike the store's confirmed images (None: too few to say)
     typical: float | None  # median leave-one-out nearest similarity of confirmed images
+    nearest: Neighbour | None = None  # that confirmed image
+
+    @property
+    def near_duplicate(self) -> Neighbour | None:
+        """The confirmed image this one is almost certainly a copy of (re-saved, resized), if any."""
+        return self.nearest if self.nearest is not None and self.similarity >= NEAR_DUPLICATE else None
 
     @property
     def unusual(self) -> bool:
@@ -155,5 +162,7 @@ class ConfirmedIndex:
         """How unlike every confirmed image ``query`` (a normalised row) is."""
         if not len(self):
             return Unlikeness(0.0, None, None)
-        best = float(self._similarities(query, exclude).max())
-        return Unlikeness(best, self._threshold, self._typical)
+        sims = self._similarities(query, exclude)
+        i = int(sims.argmax())
+        nearest = Neighbour(self.ids[i], self.labels[i], float(sims[i]), self.paths[i])
+        return Unlikeness(float(sims[i]), self._threshold, self._typical, nearest)

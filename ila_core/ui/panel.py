@@ -85,6 +85,10 @@ def flags_html(studio: Studio, facts: ImageFacts, outside_leaf: float | None = N
         unlike = _unlikeness(studio, facts)
         if unlike is not None and unlike.unusual:
             notes.append(("warn", as_text(unlike.describe())))
+        twin = unlike.near_duplicate if unlike is not None else None
+        if twin is not None:
+            notes.append(("info", f"Looks like a near-duplicate of confirmed image #{twin.image_id} "
+                                  f"({as_text(twin.label)}, similarity {twin.similarity:.3f})."))  # fmt: skip
     if outside_leaf is not None and outside_leaf > studio.options.off_leaf_warning:
         text = (f"{outside_leaf:.0%} of the attribution lies outside the leaf: the model may be using the "
                 "background (tags, rulers, shadows).")  # fmt: skip
