@@ -14,8 +14,10 @@ SCRIPTS = [  # (module, extra args)
     ("bench.bench_feature_cache", []),
     ("bench.bench_train", []),
     ("bench.bench_explain", []),
+    ("bench.bench_probe", []),
     ("bench.synthetic_probe", ["--data-dir", "data", "--out", "bench/results/synthetic_probe.json"]),
     ("bench.bench_load", []),
+    ("bench.bench_first_model", ["--weights-from", "data"]),  # a fresh data dir until the first model serves
     ("bench.bench_recipe", ["--data-dir", "data", "--resume"]),  # tens of minutes on 2 CPU cores
 ]
 
