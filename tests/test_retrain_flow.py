@@ -208,3 +208,18 @@ def test_background_embedder_embeds_new_images_once(data_dir):
     finally:
         embedder_module.Embedder.compute = original
     assert sum(calls) == 0  # the probe found every row it needs
+
+
+def test_late_placement_is_the_recipe_default_unless_the_job_names_blocks():
+    """ds_placement 'late' puts the DS-ILAs after blocks depth-3 and depth-2; explicit locations win."""
+    from ila_core.jobs.params import job_params, parse_job_params
+    from ila_core.training.config import late_ds_locations
+
+    _, method, config = parse_job_params(job_params(ds_placement="late"))  # the default DINOv2 ViT-S/14
+    assert config.ds_placement == "late" and method.ds_locations == (9, 10) == late_ds_locations(12)
+    _, named, _ = parse_job_params(job_params(ds_placement="late", method_overrides={"ds_locations": [3, 7]}))
+    assert named.ds_locations == (3, 7)
+    _, paper, _ = parse_job_params(job_params(preset_name="paper"))
+    assert paper.ds_locations == (3, 7)
+    with pytest.raises(ValueError, match="ds_placement"):
+        job_params(ds_placement="early")

@@ -13,7 +13,7 @@ from typing import Any
 from ..adapters import MethodConfig, method_config
 from ..config import BackboneConfig
 from ..store import LabelStore
-from ..training.config import TrainConfig, preset
+from ..training.config import TrainConfig, late_ds_locations, preset
 
 __all__ = ["JOB_KIND", "job_params", "parse_job_params", "enqueue_training"]
 
@@ -64,8 +64,10 @@ def parse_job_params(params: Mapping[str, Any]) -> tuple[BackboneConfig, MethodC
         variant = params.get("variant", "ila")
         # the probe job trains nothing: its model is the frozen backbone plus a closed-form head
         overrides = dict(params.get("method_overrides") or {})
-        method = method_config("linear" if variant == "probe" else variant, **overrides)
         config = preset(params.get("preset", "quick"), **dict(params.get("train") or {}))
+        if config.ds_placement == "late" and variant.startswith("ila") and "ds_locations" not in overrides:
+            overrides["ds_locations"] = late_ds_locations(_depth(backbone))  # the recipe's placement, unless named
+        method = method_config("linear" if variant == "probe" else variant, **overrides)
     except TypeError as exc:  # unknown keyword in a stored job
         raise ValueError(f"invalid job parameters: {exc}") from None
     return backbone, method, config
@@ -78,3 +80,12 @@ def enqueue_training(store: LabelStore, *, user: str | None = None, **params: An
         JobBusy: a job is already queued or running (CON-08).
     """
     return store.enqueue_job(JOB_KIND, job_params(**params), user=user)
+
+
+def _depth(backbone: BackboneConfig) -> int:
+    """Number of blocks of the backbone, from a weightless build on the meta device."""
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        return len(timm.create_model(backbone.name, pretrained=False, num_classes=0).blocks)

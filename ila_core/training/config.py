@@ -25,7 +25,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TrainConfig", "PRESETS", "preset", "resolve_device"]
+__all__ = ["TrainConfig", "PRESETS", "preset", "resolve_device", "late_ds_locations"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class TrainConfig:
     drop_rate: float = 0.1  # dropout inside the frozen blocks, active in train mode (paper)
     minutes: float | None = None  # wall-clock budget for the training steps (not the cache fill); None = no budget
     lp_init: bool = False  # LP-FT: the head starts at a closed-form fit on the initial network's features
+    ds_placement: str = "paper"  # "late": DS-ILAs after blocks depth-3 and depth-2 unless the job names them
     use_feature_cache: bool = False
     freeze_cls_token: bool = False  # quick preset: lets the blocks before the first adapter be cached
     zero_init_adapter_output: bool = False  # quick preset: adapters start as their shortcut (see below)
@@ -61,6 +62,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.ds_placement not in ("paper", "late"):
+            raise ValueError(f"ds_placement must be 'paper' or 'late', got {self.ds_placement!r}")
         if self.steps is not None and int(self.steps) < 1:
             raise ValueError(f"steps must be >= 1 or None, got {self.steps}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -141,3 +144,14 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def late_ds_locations(depth: int) -> tuple[int, int]:
+    """The quick preset's DS-ILA placement: after blocks ``depth - 3`` and ``depth - 2`` ((9, 10) on 12 blocks).
+
+    Every block before the first adapter is frozen and cached once per image, so each training step runs only
+    the last three blocks (with fewer tokens after each DS-ILA); ILA_SPEC places them after blocks 3 and 7.
+    """
+    if depth < 4:
+        raise ValueError(f"late placement needs at least 4 blocks, the model has {depth}")
+    return depth - 3, depth - 2
