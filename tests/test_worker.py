@@ -363,3 +363,33 @@ def test_a_finished_job_thread_is_not_called_stuck(data_dir, caplog):
             worker.stop(timeout=30)
     assert worker.last_outcome.status == "succeeded"
     assert "abandoning" not in caplog.text
+
+
+def test_rollback_walks_back_the_promotion_history():
+    """Promote 1, 2, 3; roll back twice: 3 -> 2 -> 1, never back to 3 (it used to flip between the last two)."""
+    from ila_core.serving.versions import promotion_stack
+
+    def ev(vid, action):
+        return {"version_id": vid, "action": action}
+
+    history = [ev(1, "promote"), ev(2, "promote"), ev(3, "promote")]
+    assert promotion_stack(history) == [1, 2, 3]
+    history.append(ev(2, "rollback"))
+    assert promotion_stack(history) == [1, 2]
+    history.append(ev(1, "rollback"))
+    assert promotion_stack(history) == [1]
+    history += [ev(3, "promote"), ev(1, "rollback")]  # re-promoting 3 and rolling back returns to 1
+    assert promotion_stack(history) == [1]
+
+
+def test_rollback_twice_goes_two_promotions_back(tmp_path):
+    """Through the store: the second rollback reaches the first version."""
+    with LabelStore.open(tmp_path / "ila.db") as store:
+        ids = [store.add_model_version(path=f"adapters/{i}.safetensors", sha256=f"{i}" * 64, manifest={}, metrics={},
+                                       parent_id=None, snapshot_event_id=0, job_id=None) for i in range(1, 4)]  # fmt: skip
+        for vid in ids:
+            promote(store, vid, user="admin")
+        assert rollback(store, user="admin") == ids[1]
+        assert rollback(store, user="admin") == ids[0]
+        with pytest.raises(ValueError, match="no earlier model version"):
+            rollback(store, user="admin")

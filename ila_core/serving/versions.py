@@ -30,6 +30,7 @@ __all__ = [
     "promote",
     "rollback",
     "previous_version_id",
+    "promotion_stack",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -94,16 +95,33 @@ def promote(
     _logger.info("model version %d active (%s by %s)", version_id, reason, user or "-")
 
 
+def promotion_stack(history: list[dict[str, Any]]) -> list[int]:
+    """The versions a run of rollbacks walks back through, oldest first, replayed from the switch history.
+
+    A promotion puts a version on top; a rollback returns to an earlier entry and drops what was above it, so
+    pressing "roll back" twice goes two promotions back instead of flipping between the last two versions.
+    """
+    stack: list[int] = []
+    for event in history:
+        target = int(event["version_id"])
+        if event["action"] == "rollback" and target in stack:
+            del stack[stack.index(target) + 1 :]
+        else:  # a promotion (or a rollback to a version that had left the stack): it is on top now
+            if target in stack:
+                stack.remove(target)
+            stack.append(target)
+    return stack
+
+
 def previous_version_id(store: LabelStore) -> int | None:
-    """The version that was active before the current one (None if there was none)."""
-    history = store.version_history()
+    """The version a rollback returns to: the one promoted before the active one (None if there is none)."""
     active = store.active_version()
-    if not history or active is None:
+    if active is None:
         return None
-    for event in reversed(history):
-        if event["version_id"] == active["id"]:
-            return event["previous_version_id"]
-    return None
+    stack = promotion_stack(store.version_history())
+    if not stack or stack[-1] != active["id"]:
+        return stack[-1] if stack else None
+    return stack[-2] if len(stack) >= 2 else None
 
 
 def rollback(
