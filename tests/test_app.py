@@ -454,3 +454,19 @@ def test_review_sorts_by_how_unlike_the_confirmed_images(app):
     items = review_queue(studio, sort="unlike", cultivar=None, split=None, version=None, limit=500)
     sims = [i["unlike"].similarity for i in items]
     assert len(items) >= 10 and sims == sorted(sims)
+
+
+def test_promoting_a_worse_version_names_the_drop(app):
+    """The Models tab asks before serving a version that is worse on the holdout, naming the metric drop."""
+    from ila_core.ui.models import promotion_drop
+
+    studio = app[2]
+    with studio.store() as store:
+        active = store.active_version()
+        worse = store.add_model_version(path="adapters/worse.safetensors", sha256="e" * 64, manifest={},
+                                        metrics={"top1": 0.0, "macro_f1": 0.0, "holdout_key": "other"},
+                                        parent_id=None, snapshot_event_id=0, job_id=None)  # fmt: skip
+    text = promotion_drop(studio, worse)
+    assert text is not None and f"served v{active['id']}" in text and "holdout top-1 0.000" in text
+    assert "different holdout" in text
+    assert promotion_drop(studio, active["id"]) is None

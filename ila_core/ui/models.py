@@ -19,7 +19,8 @@ from .compare import diff_versions
 from .errors import UserFacing, guarded
 from .studio import Studio
 
-__all__ = ["VERSION_HEADERS", "build_models_tab", "promote_version", "rollback_version", "version_rows"]
+__all__ = ["VERSION_HEADERS", "build_models_tab", "promote_version", "promotion_drop", "rollback_version",
+           "version_rows"]  # fmt: skip
 
 _logger = logging.getLogger(__name__)
 
@@ -58,6 +59,23 @@ def version_rows(versions: list[dict[str, Any]], served: int | None) -> list[lis
                      v.get("job_id") or "", f"v{v['parent_id']}" if v.get("parent_id") else "",
                      v.get("note") or ""])  # fmt: skip
     return rows
+
+
+def promotion_drop(studio: Studio, version_id: int) -> str | None:
+    """Words for what serving ``version_id`` would cost on the holdout (None when it is not worse)."""
+    with studio.store() as store:
+        candidate, active = store.model_version(int(version_id)), store.active_version()
+    if active is None or active["id"] == candidate["id"]:
+        return None
+    new, old = candidate.get("metrics") or {}, active.get("metrics") or {}
+    drops = [f"{name} {float(new[key]):.3f} vs {float(old[key]):.3f} ({float(new[key]) - float(old[key]):+.3f})"
+             for key, name in (("top1", "holdout top-1"), ("macro_f1", "macro-F1"))
+             if new.get(key) is not None and old.get(key) is not None and float(new[key]) < float(old[key])]  # fmt: skip
+    if not drops:
+        return None
+    same = new.get("holdout_key") and new.get("holdout_key") == old.get("holdout_key")
+    where = "on the same holdout" if same else "(measured on different holdout snapshots)"
+    return f"v{version_id} is worse than the served v{active['id']} {where}: {'; '.join(drops)}."
 
 
 def promote_version(studio: Studio, request: gr.Request | None, version_id: int) -> str:
@@ -143,11 +161,14 @@ def build_models_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
         return [" ".join(lines), diff.metrics, diff.per_class, fig, gr.Gallery(value=thumbs, label=label)]
 
     @guarded
-    def on_promote(version: str | None, request: gr.Request) -> str:
+    def on_promote(version: str | None, pending: str | None, request: gr.Request) -> tuple[str, str | None]:
         studio.require_admin(request, "promote model versions")  # the role first: refusals reveal nothing else
         if not version:
             raise UserFacing("Choose a version first.")
-        return promote_version(studio, request, int(version))
+        drop = promotion_drop(studio, int(version))
+        if drop and pending != version:  # a worse version needs a second, deliberate press
+            return f"{drop} Press Promote again to serve it anyway.", version
+        return promote_version(studio, request, int(version)), None
 
     @guarded
     def on_rollback(request: gr.Request) -> str:
@@ -158,12 +179,15 @@ def build_models_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
     tab.select(load, None, [table, chosen], api_visibility="private", queue=False)
     refresh.click(load, None, [table, chosen], api_name="ui_versions", api_visibility="private", queue=False)
     chosen.change(inspect, [chosen], details, api_name="ui_compare", api_visibility="private", concurrency_id="model")
+    pending = gr.State(None)  # the worse version whose promotion waits for a second press
+    chosen.change(lambda _v: None, [chosen], [pending], api_visibility="private", queue=False)
     for btn, fn, name in ((promote, on_promote, "ui_promote"), (rollback, on_rollback, "ui_rollback")):
-        inputs = [chosen] if btn is promote else None
+        inputs = [chosen, pending] if btn is promote else None
+        outputs = [message, pending] if btn is promote else [message]
         btn.click(
             fn,
             inputs,
-            [message],
+            outputs,
             api_name=name,
             api_visibility="private",
             concurrency_limit=1,
