@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .archive import ARCHIVE_ACTIONS, ArchiveResult
 from .connection import MIN_SQLITE_VERSION, check_sqlite_version, driver_module_name, immediate
 from .errors import (
     JobBusy,
@@ -29,6 +30,8 @@ __all__ = [
     "DB_NAME",
     "default_store_path",
     "LabelResult",
+    "ArchiveResult",
+    "ARCHIVE_ACTIONS",
     "LabelledItem",
     "NOT_GIVEN",
     "replay",

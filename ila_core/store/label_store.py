@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from .archive import ArchiveMixin
 from .base import Clock, load_json_columns
 from .connection import DEFAULT_BUSY_TIMEOUT_MS, configure, connect, create_database
 from .errors import UnknownCultivar, UnknownImage, translate_errors
@@ -38,16 +39,17 @@ __all__ = ["LabelStore"]
 _logger = logging.getLogger(__name__)
 
 _IMAGE_SELECT = """
-SELECT i.*, c.name AS label, e.kind AS label_kind
+SELECT i.*, c.name AS label, e.kind AS label_kind, ar.image_id IS NOT NULL AS archived
 FROM images i
+LEFT JOIN archived_images ar ON ar.image_id = i.id
 LEFT JOIN current_labels cl ON cl.image_id = i.id
 LEFT JOIN label_events e ON e.id = cl.event_id
 LEFT JOIN cultivars c ON c.id = e.cultivar_id
 """
 
 
-class LabelStore(LabelsMixin, VersionsMixin, JobsMixin):
-    """Images, cultivars, append-only label events, model versions, predictions and jobs.
+class LabelStore(LabelsMixin, ArchiveMixin, VersionsMixin, JobsMixin):
+    """Images, cultivars, append-only label and archive events, model versions, predictions and jobs.
 
     Attributes:
         db: the ``sqlite_utils.Database`` (use it for reads in tests; writes go through methods).
@@ -189,6 +191,7 @@ class LabelStore(LabelsMixin, VersionsMixin, JobsMixin):
         labelled: bool | None = None,
         limit: int | None = None,
         offset: int = 0,
+        archived: bool | None = False,
     ) -> list[dict[str, Any]]:
         """Images in id order, filtered.
 
@@ -198,8 +201,9 @@ class LabelStore(LabelsMixin, VersionsMixin, JobsMixin):
             labelled: True = has a current hard label ('label' kind); False = not (pool, unsure, between).
             limit: page size.
             offset: page start.
+            archived: False (default) leaves archived images out, True lists only them, None lists all.
         """
-        where, params = self._image_filter(split, cultivar, labelled)
+        where, params = self._image_filter(split, cultivar, labelled, archived)
         page = ""
         if limit is not None:
             page, params = " LIMIT ? OFFSET ?", [*params, int(limit), int(offset)]
@@ -209,16 +213,17 @@ class LabelStore(LabelsMixin, VersionsMixin, JobsMixin):
         return [load_json_columns(row, "metadata") for row in rows]
 
     def images_since(self, after_id: int, *, limit: int | None = None) -> list[dict[str, Any]]:
-        """Images with ``id > after_id`` in id order (a watermark walk for background work)."""
+        """Images with ``id > after_id`` in id order (a watermark walk for background work; archived ones left out)."""
         page, params = ("", [int(after_id)]) if limit is None else (" LIMIT ?", [int(after_id), int(limit)])
-        rows = self._rows(f"{_IMAGE_SELECT} WHERE i.id > ? ORDER BY i.id{page}", params)
+        rows = self._rows(f"{_IMAGE_SELECT} WHERE i.id > ? AND ar.image_id IS NULL ORDER BY i.id{page}", params)
         return [load_json_columns(row, "metadata") for row in rows]
 
     def count_images(
-        self, *, split: str | None = None, cultivar: str | None = None, labelled: bool | None = None
-    ) -> int:
+        self, *, split: str | None = None, cultivar: str | None = None, labelled: bool | None = None,
+        archived: bool | None = False,
+    ) -> int:  # fmt: skip
         """Number of images matching the same filters as :meth:`images`."""
-        where, params = self._image_filter(split, cultivar, labelled)
+        where, params = self._image_filter(split, cultivar, labelled, archived)
         return int(self._scalar(f"SELECT COUNT(*) FROM ({_IMAGE_SELECT} {where})", params))
 
     def set_split(self, image_ids: Sequence[int], split: str | None) -> int:
@@ -236,9 +241,12 @@ class LabelStore(LabelsMixin, VersionsMixin, JobsMixin):
                 self._exec("UPDATE images SET split = ? WHERE id = ?", [split, image_id])
         return len(ids)
 
-    def _image_filter(self, split: str | None, cultivar: str | None, labelled: bool | None) -> tuple[str, list[Any]]:
+    def _image_filter(self, split: str | None, cultivar: str | None, labelled: bool | None,
+                      archived: bool | None = False) -> tuple[str, list[Any]]:  # fmt: skip
         clauses: list[str] = []
         params: list[Any] = []
+        if archived is not None:
+            clauses.append("ar.image_id IS NOT NULL" if archived else "ar.image_id IS NULL")
         if split is not None:
             if check_split(split) is None:
                 clauses.append("i.split IS NULL")

@@ -203,8 +203,9 @@ class LabelsMixin(EventsBase):
     def labelled_items(self, *, split: str | None = None, max_event_id: int | None = None) -> list[LabelledItem]:
         """Hard-labelled images as of ``max_event_id`` (default: now), ordered by image id.
 
-        Only kind 'label' counts; 'unsure' and 'between' images are left out. ``split=None`` means
-        every split (including unassigned images); ``"pool"`` means unassigned only.
+        Only kind 'label' counts; 'unsure' and 'between' images are left out, and so are archived images
+        (archived now: the archive log is not cut at the snapshot). ``split=None`` means every split
+        (including unassigned images); ``"pool"`` means unassigned only.
         """
         if split is None:
             split_sql, params = "", []
@@ -222,7 +223,7 @@ class LabelsMixin(EventsBase):
             JOIN label_events eff ON eff.id = CASE WHEN e.kind = 'undo' THEN e.restores_event_id ELSE e.id END
             JOIN cultivars c ON c.id = eff.cultivar_id
             JOIN images i ON i.id = last.image_id
-            WHERE eff.kind = 'label' {split_sql}
+            WHERE eff.kind = 'label' AND i.id NOT IN (SELECT image_id FROM archived_images) {split_sql}
             ORDER BY i.id
             """,
             [int(limit), *params],

@@ -195,6 +195,46 @@ ALTER TABLE model_versions ADD COLUMN note TEXT;
 """)
 
 
+
+@migrations(name="0004_image_archive")
+def m0004_image_archive(db: Database) -> None:
+    """Archiving as events (0003 is taken by the prediction queues): ``image_events`` is append-only
+    (archive, restore, delete = file removed for good) and ``archived_images`` follows it by triggers."""
+    _run_script(db, """
+CREATE TABLE image_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    client_event_id TEXT NOT NULL UNIQUE,
+    image_id INTEGER NOT NULL REFERENCES images (id),
+    action TEXT NOT NULL CHECK (action IN ('archive', 'restore', 'delete')),
+    user TEXT,
+    note TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX image_events_image ON image_events (image_id, id);
+CREATE TRIGGER image_events_no_update BEFORE UPDATE ON image_events
+BEGIN
+    SELECT RAISE(ABORT, 'image_events is append-only');
+END;
+CREATE TRIGGER image_events_no_delete BEFORE DELETE ON image_events
+BEGIN
+    SELECT RAISE(ABORT, 'image_events is append-only');
+END;
+CREATE TABLE archived_images (
+    image_id INTEGER PRIMARY KEY REFERENCES images (id),
+    event_id INTEGER NOT NULL REFERENCES image_events (id),
+    deleted INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1))
+);
+CREATE TRIGGER image_events_apply AFTER INSERT ON image_events WHEN NEW.action != 'restore'
+BEGIN
+    INSERT INTO archived_images (image_id, event_id, deleted) VALUES (NEW.image_id, NEW.id, NEW.action = 'delete')
+    ON CONFLICT (image_id) DO UPDATE SET event_id = excluded.event_id, deleted = MAX(deleted, excluded.deleted);
+END;
+CREATE TRIGGER image_events_apply_restore AFTER INSERT ON image_events WHEN NEW.action = 'restore'
+BEGIN
+    DELETE FROM archived_images WHERE image_id = NEW.image_id AND deleted = 0;
+END;
+""")
+
 def _run_script(db: Database, script: str) -> None:
     # Statement by statement inside the migration's transaction: sqlite3's executescript() would
     # COMMIT first (sqlite-utils avoids that too, but re-joins the script once per character).
