@@ -24,6 +24,7 @@ from .label_store import LabelStore
 from .labels import NOT_GIVEN, LabelledItem, LabelResult, replay
 from .migrations import migrations
 from .paths import DB_NAME, default_store_path
+from .queue import QUEUE_SORTS, QueueItem, QueuePage
 
 __all__ = [
     "LabelStore",
@@ -33,6 +34,9 @@ __all__ = [
     "ArchiveResult",
     "ARCHIVE_ACTIONS",
     "LabelledItem",
+    "QUEUE_SORTS",
+    "QueueItem",
+    "QueuePage",
     "NOT_GIVEN",
     "replay",
     "migrations",

@@ -159,15 +159,17 @@ class LabelStore(LabelsMixin, ArchiveMixin, VersionsMixin, JobsMixin):
         if metadata is not None and not isinstance(metadata, dict):
             raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}")
         metadata_json = dump_json(metadata or {}, "metadata")
+        stored = (metadata or {}).get("stored_sha256")
+        stored = check_sha256(stored) if stored is not None else None
         with self._write("image"):
             existing = self._scalar("SELECT id FROM images WHERE sha256 = ?", [sha256])
             if existing is not None:
                 return int(existing), False
             cursor = self._exec(
                 """INSERT INTO images (sha256, rel_path, width, height, format, original_name, metadata, split,
-                       created_at, uploaded_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                       created_at, uploaded_by, stored_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 [sha256, rel_path, width, height, fmt, clean_original_name(original_name), metadata_json, split,
-                 self._now(), user],
+                 self._now(), user, stored],
             )
             return int(cursor.lastrowid), True
 
@@ -181,6 +183,18 @@ class LabelStore(LabelsMixin, ArchiveMixin, VersionsMixin, JobsMixin):
     def image_by_sha256(self, sha256: str) -> dict[str, Any] | None:
         """The image with this content hash, or None."""
         row = self._row(f"{_IMAGE_SELECT} WHERE i.sha256 = ?", [check_sha256(sha256)])
+        return load_json_columns(row, "metadata")
+
+    def image_by_content(self, sha256: str) -> dict[str, Any] | None:
+        """The image whose original bytes or stored copy (``metadata.stored_sha256``) have this hash, or None.
+
+        Both lookups go through an index (the unique one on ``sha256``, ``images_stored_sha256``), so an
+        import checks each file without reading the table.
+        """
+        sha256 = check_sha256(sha256)
+        row = self._row(f"{_IMAGE_SELECT} WHERE i.sha256 = ?", [sha256])
+        if row is None:
+            row = self._row(f"{_IMAGE_SELECT} WHERE i.stored_sha256 = ? ORDER BY i.id LIMIT 1", [sha256])
         return load_json_columns(row, "metadata")
 
     def images(

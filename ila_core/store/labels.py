@@ -231,11 +231,26 @@ class LabelsMixin(EventsBase):
         return [LabelledItem(**row) for row in rows]
 
     def label_counts(self, *, split: str | None = None) -> dict[str, int]:
-        """Current hard labels per cultivar name (only cultivars with at least one image)."""
+        """Current hard labels per cultivar name (only cultivars with at least one image; archived left out)."""
         counts: dict[str, int] = {}
-        for item in self.labelled_items(split=split):
-            counts[item.label] = counts.get(item.label, 0) + 1
+        for (name, image_split), n in self.label_counts_by_split().items():
+            if split is None or image_split == (None if check_split(split) is None else split):
+                counts[name] = counts.get(name, 0) + n
         return counts
+
+    def label_counts_by_split(self) -> dict[tuple[str, str | None], int]:
+        """Current hard labels per (cultivar name, split) in one ``GROUP BY`` (split None = unassigned)."""
+        rows = self._rows(
+            """SELECT c.name AS name, i.split AS split, COUNT(*) AS n
+               FROM current_labels cl
+               JOIN label_events e ON e.id = cl.event_id
+               JOIN cultivars c ON c.id = e.cultivar_id
+               JOIN images i ON i.id = cl.image_id
+               LEFT JOIN archived_images ar ON ar.image_id = cl.image_id
+               WHERE e.kind = 'label' AND ar.image_id IS NULL
+               GROUP BY c.name, i.split"""
+        )
+        return {(r["name"], r["split"]): int(r["n"]) for r in rows}
 
     def replay_current_labels(self) -> dict[int, int]:
         """Effective event per image recomputed from ``label_events`` alone (see :func:`replay`)."""

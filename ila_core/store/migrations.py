@@ -1,6 +1,6 @@
 """Numbered schema migrations for the label store (sqlite-utils 4 built-in ``Migrations``).
 
-Schema changes are new functions below the last one (``0002_...``), never edits of an applied one:
+Schema changes are new numbered functions (``0004_...``, in number order), never edits of an applied one:
 ``_sqlite_migrations`` records which names ran, so an edited migration would silently not run on
 existing databases.
 
@@ -11,7 +11,8 @@ Design notes:
   (``restores_event_id``), so the label state of an image is a stack and any past state is one join.
 * ``current_labels`` is derived and kept up to date by an AFTER INSERT trigger on ``label_events``,
   so it changes in the same transaction as the event, whichever code inserts it.
-* ``predictions`` and ``version_events`` are append-only too.
+* ``predictions`` and ``version_events`` are append-only too; ``scores`` (0003) is the derived, indexed
+  summary of the newest prediction per (version, image) that the Review queues read.
 * Partial unique indexes make "one active model version" and "one queued/running job" database
   rules, not just application checks.
 """
@@ -194,6 +195,46 @@ ALTER TABLE model_versions ADD COLUMN kind TEXT NOT NULL DEFAULT 'ila' CHECK (ki
 ALTER TABLE model_versions ADD COLUMN note TEXT;
 """)
 
+
+@migrations(name="0003_scores_and_stored_sha256")
+def m0003_scores_and_stored_sha256(db: Database) -> None:
+    """Queues in SQL and duplicate checks through an index.
+
+    * ``scores``: one row per (model version, image), the newest prediction's top-1, its probability, the
+      top-1/top-2 margin and the image's similarity to its nearest confirmed image (NULL until known), so every
+      Review sort is one indexed, paged query. Derived from ``predictions`` (append-only) and rebuilt from it
+      here; unlike the log, a row is replaced when the image is scored again.
+    * ``images.stored_sha256``: the hash of the stored (re-encoded) copy, copied out of ``metadata`` and
+      indexed, so re-importing an export is recognised without reading the whole table.
+    """
+    _run_script(db, """
+ALTER TABLE images ADD COLUMN stored_sha256 TEXT CHECK (stored_sha256 IS NULL OR length(stored_sha256) = 64);
+UPDATE images SET stored_sha256 = json_extract(metadata, '$.stored_sha256')
+WHERE json_valid(metadata) AND length(json_extract(metadata, '$.stored_sha256')) = 64;
+CREATE INDEX images_stored_sha256 ON images (stored_sha256) WHERE stored_sha256 IS NOT NULL;
+
+CREATE TABLE scores (
+    model_version_id INTEGER NOT NULL REFERENCES model_versions (id),
+    image_id INTEGER NOT NULL REFERENCES images (id),
+    prediction_id INTEGER NOT NULL REFERENCES predictions (id),
+    top1 TEXT NOT NULL,
+    top1_prob REAL NOT NULL,
+    margin REAL NOT NULL,
+    nearest_similarity REAL,
+    PRIMARY KEY (model_version_id, image_id)
+) WITHOUT ROWID;
+CREATE INDEX scores_margin ON scores (model_version_id, margin, image_id);
+CREATE INDEX scores_confidence ON scores (model_version_id, top1_prob DESC, image_id);
+CREATE INDEX scores_unlike ON scores (model_version_id, nearest_similarity, image_id)
+    WHERE nearest_similarity IS NOT NULL;
+
+INSERT INTO scores (model_version_id, image_id, prediction_id, top1, top1_prob, margin)
+SELECT p.model_version_id, p.image_id, p.id, json_extract(p.topk, '$[0].label'), json_extract(p.topk, '$[0].prob'),
+       json_extract(p.topk, '$[0].prob') - COALESCE(json_extract(p.topk, '$[1].prob'), 0.0)
+FROM predictions p
+WHERE p.id = (SELECT MAX(q.id) FROM predictions q
+              WHERE q.image_id = p.image_id AND q.model_version_id = p.model_version_id);
+""")
 
 
 @migrations(name="0004_image_archive")

@@ -9,11 +9,12 @@ unique index enforces it); activating another retires the previous one, and ever
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .base import StoreBase, load_json_columns
+from .base import load_json_columns
 from .errors import UnknownImage, UnknownJob, UnknownVersion
+from .queue import QueueMixin
 from .validation import check_rel_path, check_sha256, check_user, dump_json
 
 __all__ = ["VersionsMixin", "ACTIONS", "KINDS"]
@@ -22,8 +23,8 @@ ACTIONS = ("promote", "rollback")
 KINDS = ("probe", "ila", "baseline")  # closed-form head; ILA adapters; another PETL method
 
 
-class VersionsMixin(StoreBase):
-    """Methods over ``model_versions``, ``version_events`` and ``predictions``."""
+class VersionsMixin(QueueMixin):
+    """Methods over ``model_versions``, ``version_events`` and ``predictions`` (and their ``scores``)."""
 
     def add_model_version(
         self,
@@ -128,23 +129,26 @@ class VersionsMixin(StoreBase):
         return self._rows("SELECT * FROM version_events ORDER BY id")
 
     def add_predictions(
-        self, model_version_id: int, rows: Sequence[tuple[int, Sequence[tuple[str, float]]]]
-    ) -> list[int]:
-        """Store top-k predictions of one model version (append-only; one transaction).
+        self, model_version_id: int, rows: Sequence[tuple[int, Sequence[tuple[str, float]]]], *,
+        similarities: Mapping[int, float] | None = None,
+    ) -> list[int]:  # fmt: skip
+        """Store top-k predictions of one model version (append-only; one transaction) and their scores.
 
         Args:
             model_version_id: the version that predicted.
             rows: ``(image_id, [(label, probability), ...])`` per image, best first.
+            similarities: image id -> similarity to its nearest confirmed image, where known.
 
         Returns:
             The new prediction ids.
         """
-        prepared = [(int(image_id), _topk_json(topk)) for image_id, topk in rows]
+        similarities = similarities or {}
+        prepared = [(int(image_id), _topk_json(topk), list(topk)) for image_id, topk in rows]
         ids: list[int] = []
         with self._write("predictions"):
             self._require_version(model_version_id)
             now = self._now()
-            for image_id, topk_json in prepared:
+            for image_id, topk_json, topk in prepared:
                 if self._scalar("SELECT 1 FROM images WHERE id = ?", [image_id]) is None:
                     raise UnknownImage(f"unknown image id {image_id!r}")
                 cursor = self._exec(
@@ -152,6 +156,9 @@ class VersionsMixin(StoreBase):
                     [image_id, model_version_id, topk_json, now],
                 )
                 ids.append(int(cursor.lastrowid))
+                similarity = similarities.get(image_id)
+                self._upsert_score(model_version_id, image_id, ids[-1], topk,
+                                   None if similarity is None else float(similarity))  # fmt: skip
         return ids
 
     def latest_prediction(self, image_id: int, model_version_id: int | None = None) -> dict[str, Any] | None:
