@@ -110,7 +110,7 @@ def test_named_endpoint_without_login_is_refused(secured, name):
 @pytest.mark.parametrize(
     ("api_name", "data"),
     [("train", [None, None]), ("cancel", []), ("promote", [1]), ("rollback", [None]),
-     ("ui_retrain", [2, 1.0, 0.05, 16, 1]), ("ui_promote", [None]), ("ui_rollback", []),
+     ("ui_retrain", [2, 1.0, 0.05, 16, 1]), ("ui_promote", [None, None]), ("ui_rollback", []),
      ("ui_import_path", ["/etc", "Detect automatically", "Keep the layout's split"]), ("ui_add_cultivar", ["Zinnia"])],
     ids=lambda v: v if isinstance(v, str) else "",
 )  # fmt: skip
