@@ -31,7 +31,8 @@ def backbone_from_args(args: argparse.Namespace):
 
 def recipe_args(p: argparse.ArgumentParser, default_preset: str) -> None:
     p.add_argument("--preset", default=default_preset, choices=["quick", "paper"])
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="count the run in epochs (the quick preset counts steps)")
+    p.add_argument("--steps", type=int, help="total optimizer steps")
     p.add_argument("--minutes", type=float, help="wall-clock budget")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -44,7 +45,8 @@ def recipe_args(p: argparse.ArgumentParser, default_preset: str) -> None:
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: getattr(args, k) for k in ("epochs", "minutes", "batch_size", "lr", "seed", "device", "use_feature_cache")}
+    keys = ("epochs", "steps", "minutes", "batch_size", "lr", "seed", "device", "use_feature_cache")
+    return {k: getattr(args, k) for k in keys}
 
 
 def method_overrides(args: argparse.Namespace) -> dict[str, Any]:

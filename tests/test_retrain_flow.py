@@ -223,3 +223,15 @@ def test_late_placement_is_the_recipe_default_unless_the_job_names_blocks():
     assert paper.ds_locations == (3, 7)
     with pytest.raises(ValueError, match="ds_placement"):
         job_params(ds_placement="early")
+
+
+def test_quick_preset_counts_steps_with_lp_ft_and_late_placement():
+    """The quick recipe of the study: 120 steps, LP-FT head, late DS placement; asking for epochs counts epochs."""
+    from ila_core.training.config import PRESETS, preset
+
+    quick = PRESETS["quick"]
+    assert quick.steps == 120 and quick.lp_init and quick.ds_placement == "late"
+    assert quick.minutes == 4.0 and quick.use_feature_cache and quick.freeze_cls_token
+    assert preset("quick", epochs=3).steps is None and preset("quick", epochs=3, steps=7).steps == 7
+    paper = PRESETS["paper"]
+    assert paper.steps is None and not paper.lp_init and paper.ds_placement == "paper" and paper.epochs == 50
