@@ -74,15 +74,20 @@ class Candidate:
     optimizer: str = "sgd"  # "sgd" (Nesterov, as fit builds it) or "adamw" (same groups, see _adamw)
     wide: bool = False  # run at every size (else only at --narrow-sizes)
     seeds: int | None = None  # at most this many of --seeds (the first ones); None = all
+    pooled: str = "cls"  # probe features: "cls" (what the served head reads) or "cls+mean" (plus mean patch token)
 
 
 _BASE = {"steps": 120, "lp_init": True}
 CANDIDATES: dict[str, Candidate] = {c.name: c for c in [  # in priority order: a cut-off study keeps the first
     Candidate("probe", "ridge on frozen CLS, alpha by CV on train", wide=True),
+    Candidate("probe-cm", "reference: ridge on frozen [CLS, mean patch] (not servable by a timm head)",
+              pooled="cls+mean", wide=True),
     Candidate("late-lpft", "DS (9,10), 120 steps, LP-FT head", "late", _BASE, wide=True),
     Candidate("late", "DS (9,10), 120 steps, random head", "late", {"steps": 120}, wide=True),
-    Candidate("paper-quick", "DS (3,7), quick preset as shipped (8 epochs)", "paper", seeds=3),
-    Candidate("paper-lpft", "DS (3,7), quick preset + LP-FT head", "paper", {"lp_init": True}, seeds=3),
+    Candidate("late-lp0", "control: DS (9,10), LP-FT head, 1 step at lr 1e-4 (the head alone)", "late",
+              {"steps": 1, "lp_init": True, "lr": 1e-4, "warmup_steps": 0, "min_lr": 1e-4}, wide=True),
+    Candidate("paper-quick", "DS (3,7), quick preset as shipped (8 epochs)", "paper", seeds=2),
+    Candidate("paper-lpft", "DS (3,7), quick preset + LP-FT head", "paper", {"lp_init": True}, seeds=2),
     Candidate("last-lpft", "DS (10,11), 120 steps, LP-FT head", "last", _BASE, seeds=2),
     Candidate("late-lpft-adamw", "as late-lpft, AdamW lr 1e-3", "late",
               {**_BASE, "lr": 1e-3, "warmup_lr": 1e-5, "min_lr": 1e-5}, optimizer="adamw", seeds=2),
@@ -161,13 +166,15 @@ def _token_bank(embedder: Embedder, data: TrainingSet, cuts: set[int], batch: in
     return bank
 
 
-def _probe(embedder: Embedder, data: TrainingSet, bank: dict[int, dict], seed: int) -> dict[str, Any]:
-    """Closed-form ridge head on the CLS features (both train views, one CV group per image); holdout top-1."""
+def _probe(embedder: Embedder, data: TrainingSet, bank: dict[int, dict], seed: int,
+           pooled: str = "cls") -> dict[str, Any]:
+    """Closed-form ridge head on pooled features (both train views, one CV group per image); holdout top-1."""
     model, tokens = embedder.model, bank[len(embedder.model.blocks) - 1]
 
     def feats(samples: list[Sample], view: int) -> torch.Tensor:
-        x = torch.stack([tokens[(s.sha256, view)] for s in samples]).float()
-        return model.forward_head(model.norm(x), pre_logits=True)
+        x = model.norm(torch.stack([tokens[(s.sha256, view)] for s in samples]).float())
+        cls = model.forward_head(x, pre_logits=True)
+        return cls if pooled == "cls" else torch.cat([cls, x[:, model.num_prefix_tokens :].mean(1)], dim=1)
 
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -248,7 +255,11 @@ def summarise(runs: list[dict[str, Any]], budget_s: float = 600.0, aim: float = 
         groups.setdefault((r["candidate"], r["size"]), []).append(r)
     order = {name: i for i, name in enumerate(CANDIDATES)}
     rows = []
-    for (name, size), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], 99), kv[0][0])):
+    def key(item: tuple[tuple[str, str], list]) -> tuple:
+        (name, size), _ = item
+        return tuple(int(v) for v in size.split("x")), order.get(name, 99), name
+
+    for (name, size), rs in sorted(groups.items(), key=key):
         top = [r["top1"] for r in rs]
         deltas = [r["top1"] - probe[(size, r["seed"])] for r in rs if (size, r["seed"]) in probe]
         sd = statistics.stdev(top) if len(top) > 1 else 0.0
@@ -355,7 +366,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 cand = CANDIDATES[name]
                 quick = QUICK.get(name, {"steps": 2}) if args.quick else {}
                 if cand.placement is None:
-                    row, share = _probe(embedder, data, bank, seed), 1.0
+                    row, share = _probe(embedder, data, bank, seed, cand.pooled), 1.0
                 else:
                     row = _ila(cand, backbone, data, bank, seed, args, depth, quick)
                     share = (placement(cand.placement, depth)[0] + 1) / depth  # the job's own prefix fill
