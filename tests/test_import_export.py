@@ -499,14 +499,15 @@ def test_ufg_label_is_one_based():
 
 
 def test_write_failure_reports_and_leaves_no_file(split_tree, tmp_path, monkeypatch):
-    """A disk error while publishing a file rejects that file with the reason and leaves no temp file or row."""
+    """A disk error while making a batch of files durable rejects those files with the reason, no file or row."""
+    from ila_core.fsutil import DurableFiles
 
     def no_space(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     (tmp_path / "data").mkdir()
     LabelStore.open(tmp_path / "data" / "ila.db").close()
-    monkeypatch.setattr(os, "fsync", no_space)
+    monkeypatch.setattr(DurableFiles, "sync", no_space)
     results = _run(split_tree, tmp_path / "data")
     assert {r.reason for r in results} == {"could not store the image: No space left on device"}
     assert _stored_files(tmp_path / "data") == []

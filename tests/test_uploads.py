@@ -188,15 +188,15 @@ def test_disk_filling_up_mid_upload_is_reported_per_file(dirs, monkeypatch):
     files = [_upload(cache, "a.png", _png_bytes()), _upload(cache, "b.png", _png_bytes())]
     import ila_core.data.importers as importers
 
-    real, calls = importers.write_atomic, []
+    real, calls = importers.DurableFiles.write, []
 
-    def flaky(path, data):
+    def flaky(self, path, data, **kwargs):
         calls.append(path)
         if len(calls) > 1:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real(path, data)
+        real(self, path, data, **kwargs)
 
-    monkeypatch.setattr(importers, "write_atomic", flaky)
+    monkeypatch.setattr(importers.DurableFiles, "write", flaky)
     report = accept_uploads(files, data_dir, upload_root=cache, user="bob")
     assert [(r.status, r.reason) for r in report.results] == [("imported", None),
                                                               ("rejected", "storage full, image not saved")]

@@ -28,9 +28,11 @@ and every file a layout names (CSV rows included, symlinks resolved) must lie in
 through :mod:`ila_core.data.uploads`, which accepts image files and zips of images only.
 
 Every file goes through :func:`ila_core.images.load_image`; accepted images are re-encoded without metadata
-and written content-addressed under ``<data_dir>/images/`` (temp file, fsync, rename) before the store row
-is added. Duplicates are recognised by the sha256 of the file's bytes, which matches either an earlier
-upload or a stored copy (so re-importing our own export adds nothing). A duplicate's label is applied only
+and written content-addressed under ``<data_dir>/images/`` (temp file, rename) before the store row is added.
+Durability is batched: the files of up to ``batch_size`` images are flushed together, then their rows and
+labels are committed in one transaction, and only then are their results yielded (acknowledged); a crash
+loses at most the unacknowledged batch, and never leaves a row without its file. Duplicates are recognised by the sha256 of the file's bytes, which matches either an earlier
+upload or a stored copy (so re-importing our own export adds nothing); both are index lookups. A duplicate's label is applied only
 when the stored image has no label yet; an existing label is never overwritten by an import.
 """
 
@@ -41,7 +43,7 @@ import hashlib
 import logging
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,17 +56,20 @@ from ..images import (
     safe_stored_name,
     storage_extension,
 )
+from ..fsutil import DurableFiles
 from ..store import DB_NAME, LabelStore, StoreError
 from ..store.validation import check_label
-from .archive import ArchiveRefused, ZipLimits, extract_zip, write_atomic
+from .archive import ArchiveRefused, ZipLimits, extract_zip
 from .formats import label_studio
 from .layouts import FORMATS, PlannedFile, detect_layout, plan_layout, ufg_label
 from .results import ImportResult, summarise
 
 __all__ = ["ImportResult", "ZipLimits", "import_path", "detect_layout", "summarise", "ufg_label", "DB_NAME",
-           "OutsideImportRoots", "TooManyFiles", "check_import_root"]  # fmt: skip
+           "OutsideImportRoots", "TooManyFiles", "check_import_root", "DEFAULT_IMPORT_BATCH"]  # fmt: skip
 
 _logger = logging.getLogger(__name__)
+
+DEFAULT_IMPORT_BATCH = 64  # images made durable together: one flush of their files, one commit
 
 
 class OutsideImportRoots(ValueError):
@@ -110,6 +115,7 @@ def import_path(
     roots: Sequence[Path] | None = None,
     max_files: int | None = None,
     new_cultivars: bool = True,
+    batch_size: int | None = None,
 ) -> Iterator[ImportResult]:
     """Import a folder, CSV, zip or single image into ``data_dir``, one result per file (for a Label Studio
     export: the annotations of images already stored, one result per annotation).
@@ -132,6 +138,8 @@ def import_path(
         max_files: refuse, before writing anything, an import that plans more files or CSV rows than this.
         new_cultivars: False leaves a label that names no existing cultivar unsaved (the image is still
             imported, and its result says why); only admins may create cultivars in the app.
+        batch_size: images made durable together (default :data:`DEFAULT_IMPORT_BATCH`); their results are
+            yielded after the batch's files are flushed and its transaction committed.
 
     Yields:
         One :class:`ImportResult` per file, in a stable order.
@@ -180,10 +188,20 @@ def import_path(
         yield from (ImportResult(f"{path.name}!{name}", "rejected", why, layout="zip") for name, why in refused)
         store = stack.enter_context(LabelStore.open(data_dir / DB_NAME, quick_check=quick_check))
         ingest = _Ingester(store, data_dir, user=user, limits=limits, new_cultivars=new_cultivars)
-        for done, item in enumerate(items, start=1):
-            yield _annotated(ingest(item, split), item, layout)
-            if on_progress is not None:
-                on_progress(done, len(items))
+        batch = max(1, int(batch_size or DEFAULT_IMPORT_BATCH))
+        waiting: list[tuple[PlannedFile, ImportResult | _Pending]] = []
+        done = 0
+        for n, item in enumerate(items, start=1):
+            waiting.append((item, ingest(item, split)))
+            if ingest.pending < batch and len(waiting) < 4 * batch and n < len(items):
+                continue  # duplicates and rejections wait too, so results keep their order
+            ingest.commit()  # durable first; only then are these results acknowledged
+            for planned, outcome in waiting:
+                done += 1
+                yield _annotated(outcome.result if isinstance(outcome, _Pending) else outcome, planned, layout)
+                if on_progress is not None:
+                    on_progress(done, len(items))
+            waiting = []
 
 
 def _annotated(result: ImportResult, item: PlannedFile, layout: str) -> ImportResult:
@@ -211,26 +229,42 @@ def _confined(item: PlannedFile, roots: Sequence[Path]) -> PlannedFile:
 # -- ingest: item -> stored image + label ---------------------------------------------------------
 
 
+@dataclass
+class _Pending:
+    """A new image whose file is written but not yet durable, and whose row is not yet committed."""
+
+    item: PlannedFile
+    loaded: LoadedImage
+    stored_sha: str
+    rel_path: str
+    split: str | None
+    existed: bool  # the file was there before (another image row may use it): never removed on failure
+    result: ImportResult | None = None  # set by _Ingester.commit
+
+
 class _Ingester:
-    """Turns planned items into stored images, label events and results (one store connection)."""
+    """Turns planned items into stored images, label events and results (one store connection).
+
+    ``ingest(item, split)`` returns a result at once for rejections and duplicates, or a :class:`_Pending` for a
+    new image; :meth:`commit` makes the pending files durable, commits their rows and labels in one transaction
+    and fills in their results.
+    """
 
     def __init__(
         self, store: LabelStore, data_dir: Path, *, user: str | None, limits: ImageLimits, new_cultivars: bool = True
     ) -> None:
         self.store, self.data_dir, self.user, self.limits = store, data_dir, user, limits
         self.new_cultivars = new_cultivars
-        self.stored = self._stored_hashes()
+        self.files = DurableFiles()
+        self._pending: list[_Pending] = []
+        self._pending_shas: set[str] = set()
 
-    def _stored_hashes(self) -> dict[str, int]:
-        """sha256 of each stored copy -> image id, so a re-imported export is a duplicate."""
-        out: dict[str, int] = {}
-        offset = 0
-        while page := self.store.images(limit=5000, offset=offset):
-            out.update({r["metadata"]["stored_sha256"]: r["id"] for r in page if "stored_sha256" in r["metadata"]})
-            offset += len(page)
-        return out
+    @property
+    def pending(self) -> int:
+        """New images waiting for :meth:`commit`."""
+        return len(self._pending)
 
-    def __call__(self, item: PlannedFile, split_override: str | None) -> ImportResult:
+    def __call__(self, item: PlannedFile, split_override: str | None) -> ImportResult | _Pending:
         if item.error is not None:
             return ImportResult(item.display, "rejected", item.error)
         label, split = item.label, split_override or item.split
@@ -261,50 +295,66 @@ class _Ingester:
             existing = self._known(stored_sha)
             if existing is not None:
                 return self._duplicate(item, existing, label)
-            return self._store_new(item, loaded, encoded, stored_sha, label, split)
+            if {loaded.sha256, stored_sha} & self._pending_shas:
+                self.commit()  # the same image twice in one batch: store the first, then this is its duplicate
+                existing = self._known(loaded.sha256) or self._known(stored_sha)
+                if existing is not None:
+                    return self._duplicate(item, existing, label)
+            return self._write_file(item, loaded, encoded, stored_sha, split)
         except StoreError as exc:
             return ImportResult(item.display, "rejected", f"store error: {exc}")
         except OSError as exc:  # disk full, permissions: this file is not stored, the next may be
             return ImportResult(item.display, "rejected", f"could not store the image: {exc.strerror or exc}")
 
     def _known(self, sha: str) -> dict[str, Any] | None:
-        row = self.store.image_by_sha256(sha)
-        if row is None and sha in self.stored:
-            row = self.store.image(self.stored[sha])
-        return row
+        return self.store.image_by_content(sha)
 
-    def _store_new(
-        self,
-        item: PlannedFile,
-        loaded: LoadedImage,
-        encoded: bytes,
-        stored_sha: str,
-        label: str | None,
-        split: str | None,
-    ) -> ImportResult:
+    def _write_file(self, item: PlannedFile, loaded: LoadedImage, encoded: bytes, stored_sha: str,
+                    split: str | None) -> _Pending:  # fmt: skip
         rel_path = "images/" + safe_stored_name(loaded.sha256, storage_extension(loaded))
         target = self.data_dir / rel_path
         existed = target.exists()
-        write_atomic(target, encoded)
+        self.files.write(target, encoded)  # rewritten even when it exists: a crash may have left it short
+        pending = _Pending(item, loaded, stored_sha, rel_path, split, existed)
+        self._pending.append(pending)
+        self._pending_shas |= {loaded.sha256, stored_sha}
+        return pending
+
+    def commit(self) -> None:
+        """Flush the pending files, then add their rows and labels in one transaction; fill in their results."""
+        batch, self._pending, self._pending_shas = self._pending, [], set()
+        if not batch:
+            return
         try:
-            metadata = {**item.metadata, "stored_sha256": stored_sha, "notes": list(loaded.notes)}
-            image_id, created = self.store.add_image(
-                sha256=loaded.sha256, rel_path=rel_path, width=loaded.width, height=loaded.height, fmt=loaded.format,
-                original_name=item.path.name, metadata=metadata, split=split, user=self.user,
-            )
-        except BaseException:
-            if not existed:
-                target.unlink(missing_ok=True)  # no row, no file
-            raise
+            self.files.sync()
+            with self.store.batch("import batch"):
+                for pending in batch:
+                    pending.result = self._add_row(pending)
+        except (StoreError, OSError) as exc:
+            why = f"store error: {exc}" if isinstance(exc, StoreError) else \
+                f"could not store the image: {exc.strerror or exc}"  # fmt: skip
+            for pending in batch:  # nothing of the batch was committed: no row, and no file we added
+                pending.result = ImportResult(pending.item.display, "rejected", why)
+                if not pending.existed:
+                    (self.data_dir / pending.rel_path).unlink(missing_ok=True)
+
+    def _add_row(self, pending: _Pending) -> ImportResult:
+        item, loaded, split = pending.item, pending.loaded, pending.split
+        metadata = {**item.metadata, "stored_sha256": pending.stored_sha, "notes": list(loaded.notes)}
+        image_id, created = self.store.add_image(
+            sha256=loaded.sha256, rel_path=pending.rel_path, width=loaded.width, height=loaded.height,
+            fmt=loaded.format, original_name=item.path.name, metadata=metadata, split=split, user=self.user,
+        )
         if not created:  # another writer stored the same bytes a moment ago
-            return self._duplicate(item, self.store.image(image_id), label)
-        self.stored[stored_sha] = image_id
-        if label is not None or item.kind != "label":
+            return self._duplicate(item, self.store.image(image_id), item.label)
+        if item.label is not None or item.kind != "label":
             try:
                 self._record(image_id, loaded.sha256, item)
             except (StoreError, ValueError) as exc:
+                if not self.store.db.conn.in_transaction:
+                    raise  # the error ended the whole transaction (e.g. disk full): the batch is not stored
                 return ImportResult(item.display, "imported", f"label not saved: {exc}", image_id, None, split)
-        return ImportResult(item.display, "imported", None, image_id, label, split)
+        return ImportResult(item.display, "imported", None, image_id, item.label, split)
 
     def _duplicate(self, item: PlannedFile, row: dict[str, Any], label: str | None) -> ImportResult:
         image_id, kind, current = row["id"], row.get("label_kind"), row.get("label")

@@ -48,6 +48,15 @@ class StoreBase:
         with translate_errors(what), immediate(self.db):
             yield self.db
 
+    @contextmanager
+    def batch(self, what: str = "batch") -> Iterator[None]:
+        """One transaction around several store calls (each becomes a savepoint): one commit, one fsync.
+
+        Everything inside is acknowledged together when the block exits; an error rolls all of it back.
+        """
+        with self._write(what):
+            yield
+
     def _rows(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
         with translate_errors("read"):
             return list(self.db.query(sql, params))
