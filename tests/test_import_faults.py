@@ -28,7 +28,7 @@ _CHILD = textwrap.dedent("""
 
 
 def test_kill9_during_batched_import_loses_no_acknowledged_image(tmp_path: Path):
-    """SIGKILL an importer 8 times mid-import; acknowledged images and labels survive, files whole, then it completes."""
+    """SIGKILL an importer 8 times mid-import: acknowledged images and labels survive, files stay whole."""
     tree = tmp_path / "tree"
     for i in range(_IMAGES):
         folder = tree / f"cultivar-{i % 3}"

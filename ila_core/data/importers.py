@@ -28,12 +28,13 @@ and every file a layout names (CSV rows included, symlinks resolved) must lie in
 through :mod:`ila_core.data.uploads`, which accepts image files and zips of images only.
 
 Every file goes through :func:`ila_core.images.load_image`; accepted images are re-encoded without metadata
-and written content-addressed under ``<data_dir>/images/`` (temp file, rename) before the store row is added.
-Durability is batched: the files of up to ``batch_size`` images are flushed together, then their rows and
-labels are committed in one transaction, and only then are their results yielded (acknowledged); a crash
-loses at most the unacknowledged batch, and never leaves a row without its file. Duplicates are recognised by the sha256 of the file's bytes, which matches either an earlier
-upload or a stored copy (so re-importing our own export adds nothing); both are index lookups. A duplicate's label is applied only
-when the stored image has no label yet; an existing label is never overwritten by an import.
+and written content-addressed under ``<data_dir>/images/`` before the store row is added. Durability is
+batched: the files of up to ``batch_size`` images are flushed together, then their rows and labels are
+committed in one transaction, and only then are their results yielded (acknowledged); a crash loses at most
+the unacknowledged batch, and never leaves a row without its whole file. Duplicates are recognised by the
+sha256 of the file's bytes, which matches either an earlier upload or a stored copy (so re-importing our own
+export adds nothing); both are index lookups. A duplicate's label is applied only when the stored image has
+no label yet; an existing label is never overwritten by an import.
 """
 
 from __future__ import annotations

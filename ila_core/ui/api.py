@@ -15,6 +15,7 @@ from gradio import FileData
 from .errors import UserFacing, guarded
 from .labelling import record, undo
 from .models import promote_version, rollback_version
+from .queue import queue_answer, queue_page, resolve_version
 from .scoring import predictions_for
 from .studio import Studio
 from .train import cancel_training, start_training
@@ -126,6 +127,16 @@ def register_api(studio: Studio) -> None:
             return _job_dict(jobs[0] if jobs else None)
 
     @guarded
+    def queue(sort: str = "margin", limit: int = 48, offset: int = 0, cultivar: str | None = None,
+              split: str | None = None, version: str | None = None, request: gr.Request = None) -> dict[str, Any]:
+        """A page of a Review queue: sort unlabelled, margin, disagree, unsure, newest or unlike; total and scored."""
+        studio.username(request)
+        version_id = resolve_version(studio, version)
+        page = queue_page(studio, sort=sort, cultivar=cultivar or None, split=split or None, version=version_id,
+                          limit=int(limit), offset=int(offset))  # fmt: skip
+        return queue_answer(page, version_id)
+
+    @guarded
     def versions(request: gr.Request = None) -> list[dict[str, Any]]:
         """Model versions, newest first, with their holdout summary metrics."""
         studio.username(request)
@@ -150,7 +161,8 @@ def register_api(studio: Studio) -> None:
     gr.api(predict, api_name="predict", concurrency_id="model")
     for fn, name in ((correct, "correct"), (confirm, "confirm"), (unsure, "unsure"), (undo_label, "undo")):
         gr.api(fn, api_name=name, concurrency_id="labels", concurrency_limit=4)
-    for fn, name in ((history, "label_history"), (cultivars, "cultivars"), (job, "job"), (versions, "versions")):
+    for fn, name in ((history, "label_history"), (cultivars, "cultivars"), (job, "job"), (versions, "versions"),
+                     (queue, "queue")):
         gr.api(fn, api_name=name, concurrency_id="reads", concurrency_limit=4)
     gr.api(train, api_name="train", concurrency_id="train", concurrency_limit=1)
     gr.api(cancel, api_name="cancel", concurrency_id="train", concurrency_limit=1)

@@ -47,6 +47,7 @@ class StudioOptions:
     start_worker: bool = True  # run the training worker as a thread inside the app
     seed_demo: bool = True  # seed an empty data directory with the synthetic cultivars, then train once
     background_embedding: bool = True  # embed every stored image once after import (the probe then fits in seconds)
+    background_scoring: bool = True  # score every stored image with the served version after each switch
     demo: DemoSpec = field(default_factory=DemoSpec)
     train_preset: str = "quick"
     train_overrides: tuple[tuple[str, Any], ...] = ()  # e.g. (("epochs", 2),) for tests

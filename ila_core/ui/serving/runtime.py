@@ -50,6 +50,8 @@ class ModelRuntime(ExplanationsMixin, ExemplarsMixin):
         self._index: Any = None
         self._compare_lock = threading.Lock()
         self._compare: Any = None  # a non-served version loaded for comparison
+        self._interactive = 0  # predictions for a waiting user in flight; background scoring yields to them
+        self._interactive_lock = threading.Lock()
 
     # -- serving state ------------------------------------------------------------------------
 
@@ -125,9 +127,32 @@ class ModelRuntime(ExplanationsMixin, ExemplarsMixin):
     def predict(
         self, images: Sequence[Image.Image], k: int | None = None
     ) -> tuple[int | None, list[list[tuple[str, float]]]]:
-        """``(version id, top-k per image)``, every answer from the same version."""
+        """``(version id, top-k per image)``, every answer from the same version (a user is waiting for it)."""
         self._served()
-        return self.predictor.predict_versioned(list(images), k or self.options.top_k)
+        with self._interactive_lock:
+            self._interactive += 1
+        try:
+            return self.predictor.predict_versioned(list(images), k or self.options.top_k)
+        finally:
+            with self._interactive_lock:
+                self._interactive -= 1
+
+    @property
+    def interactive_busy(self) -> bool:
+        """True while a prediction for a waiting user runs (background scoring waits between its batches)."""
+        return self._interactive > 0
+
+    def predict_background(self, images: Sequence[Image.Image]) -> tuple[int | None, list[list[tuple[str, float]]]]:
+        """Like :meth:`predict`, for background scoring: not counted as interactive; None version without a model."""
+        if self.predictor.current is None:
+            return None, []
+        return self.predictor.predict_versioned(list(images), self.options.top_k)
+
+    def nearest_similarities(self, rows: Sequence[dict[str, Any]]) -> dict[int, float]:
+        """Nearest-confirmed similarity of stored images (``id``, ``sha256``) that have a stored embedding."""
+        if self.predictor.current is None:
+            return {}
+        return {i: u.similarity for i, u in self.unlikeness_of_stored(rows).items()}
 
     def predict_with(
         self, version: dict[str, Any], images: Sequence[Image.Image], k: int | None = None
