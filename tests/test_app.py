@@ -312,15 +312,50 @@ def test_exemplars_come_back_the_same_on_a_second_look(app):
 
 
 @pytest.mark.parametrize("method", ["gradcam", "rollout", "contrast"])
-def test_explanation_overlay_matches_the_model_view(app, method):
-    """Each explanation gives a view/overlay pair of the model's input size and an off-leaf share in [0, 1]."""
+def test_explanation_shows_the_whole_photo(app, method):
+    """Each explanation gives a photo/overlay pair of the same size at the photo's aspect ratio (no crop) and an
+    off-leaf share in [0, 1]."""
     from ila_core.ui.panel import explain_view, image_facts
 
     studio = app[2]
     with studio.store() as store:
         image_id = store.images(split="holdout")[0]["id"]
     (view, over), caption, outside = explain_view(studio, image_facts(studio, image_id), method)
-    assert view.size == over.size == (96, 96) and 0.0 <= outside <= 1.0 and "token grid" in caption
+    assert view.size == over.size == (420, 420) and 0.0 <= outside <= 1.0 and "token grid" in caption
+
+
+def test_overlay_in_window_keeps_a_tall_photo_whole():
+    """A 1:2 photo stays 1:2; only the model's window is coloured, the border is dimmed."""
+    import numpy as np
+    from PIL import Image
+
+    from ila_core.explain import overlay_in_window
+
+    photo = Image.new("RGB", (50, 100), (200, 200, 200))
+    out = overlay_in_window(photo, np.ones((4, 4), np.float32), (0.25, 0.25, 0.75, 0.75), dim=0.5)
+    pixels = np.asarray(out)
+    assert out.size == (50, 100) and tuple(pixels[2, 2]) == (100, 100, 100) and tuple(pixels[50, 25]) != (100, 100, 100)
+
+
+def test_the_explanation_path_is_warm_once_a_model_serves(app):
+    """After the first model loads, the explainer is built in the background before anyone asks for a heatmap."""
+    from ui_support import wait_for
+
+    studio = app[2]
+    wait_for(lambda: studio._scorer is None or not studio._scorer.is_alive(), 60, "the first background pass")
+    with studio.models._explain_lock:
+        studio.models._explainer = None  # as if the model had just switched
+    studio.follow_model(changed=True)
+    assert wait_for(lambda: studio.models.explainer_ready, 60, "the explainer to be warmed")
+
+
+def _scored_by_serving_model(studio: Studio) -> None:
+    """Wait until the background scorer has scored every image for the served version."""
+    def done() -> bool:
+        with studio.store() as store:
+            return store.count_scored(studio.models.version_id) == store.count_images()
+
+    wait_for(done, 60, "background scoring of every image")
 
 
 def test_review_queue_puts_the_smallest_margin_first(app):

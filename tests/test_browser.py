@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from ui_support import launched, small_options, wait_for_job
 
 from ila_core.data.synthetic import SyntheticConfig, generate
@@ -41,26 +42,34 @@ def _shoot(page, name: str, out: Path) -> None:
 
 
 def test_label_explain_correct_and_retrain_in_the_browser(tmp_path):
-    """Upload a leaf, see top-k and a heatmap, correct with key 2, retrain from the Train tab, watch it finish."""
+    """An agronomist's day: a live header, a whole tall photo under the slider, key-2 correction, undo/redo of the
+    last action, archive and delete, readable captions and report, retrain with the reasons a model may be weak."""
     leaf = tmp_path / "leaf-upload.png"
-    next(generate(SyntheticConfig(num_cultivars=6, image_size=96), 1, start_index=700))[1].save(leaf)
+    photo = next(generate(SyntheticConfig(num_cultivars=6, image_size=96), 1, start_index=700))[1]
+    tall = Image.new("RGB", (96, 192), (236, 236, 230))  # a 1:2 photo: the slider must show all of it
+    tall.paste(photo, (0, 48))
+    tall.save(leaf)
     options = small_options(demo=DEMO, train_overrides=(("epochs", 4),))
     with launched(tmp_path / "data", options) as (_, url, studio):
-        assert wait_for_job(studio, timeout=120)["status"] == "succeeded"
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
             try:
                 page = browser.new_page(viewport={"width": 1440, "height": 1000})
                 page.set_default_timeout(60_000)
                 page.goto(url)
-                page.wait_for_selector("#ila-header-bar >> text=Serving model v1")
+                # The header follows the studio on the Classify tab (the Train tab never shown): #13 item 1
+                first = page.inner_text("#ila-header-bar")
+                page.wait_for_selector("#ila-header-bar >> text=Serving model v", timeout=150_000)
+                assert "Serving model" not in first, "the model served before the page loaded: nothing was shown"
+                assert wait_for_job(studio, timeout=150)["status"] == "succeeded"
 
-                # Classify: upload -> top-k, flags, a heatmap overlay and exemplars
+                # Classify: upload -> top-k, flags, the whole photo under the slider, exemplars
                 page.set_input_files("#ila-upload input[type=file]", str(leaf))
                 page.wait_for_selector("#ila-header >> text=leaf-upload.png")
                 page.wait_for_selector("#ila-pick-2:not([disabled])")
                 candidate = page.inner_text("#ila-pick-2").split()[1]
                 page.wait_for_selector("#ila-slider img")
+                _check_whole_photo(page)
                 page.wait_for_selector("#ila-exemplars img")
                 page.click("#ila-method >> text=Contrast vs runner-up")
                 expect(page.locator("#ila-tab-classify")).to_contain_text("why ")
@@ -74,11 +83,17 @@ def test_label_explain_correct_and_retrain_in_the_browser(tmp_path):
                 with studio.store() as store:
                     row = store.image_by_sha256(_sha256(leaf))
                     assert store.current_label(row["id"])["label"] == candidate
+                _check_undo_redo_archive_delete(page, studio)
+                _check_captions(page)
 
-                # Review queue
+                # Review queue, with thumbnails of the selection
                 page.get_by_role("tab", name="Review").click()
                 page.click("#ila-review-refresh")
-                page.wait_for_selector("#ila-review-message >> text=in the queue")
+                page.wait_for_selector("#ila-review-message >> text=/image\\(s\\) in (the|this) queue/")
+                page.get_by_role("button", name="Select all shown").click()
+                page.wait_for_selector("#ila-review-picked img")
+                shown = page.locator("#ila-review-gallery img").count()
+                expect(page.locator("#ila-review-picked img")).to_have_count(shown)
                 _shoot(page, "review", tmp_path)
 
                 # Train: retrain from the button and watch the job card until it succeeds
@@ -89,21 +104,100 @@ def test_label_explain_correct_and_retrain_in_the_browser(tmp_path):
                 page.wait_for_selector("#ila-job-card >> text=Job #2", timeout=30_000)
                 page.wait_for_selector("#ila-job-card >> text=succeeded", timeout=120_000)
                 page.wait_for_selector("#ila-retrain:not([disabled])")
+                # 18 holdout images for 6 cultivars: the card says what that means (#13 item 9)
+                expect(page.locator("#ila-job-card")).to_contain_text("Why this model may be weak")
+                expect(page.locator("#ila-job-card")).to_contain_text("holdout is tiny (18 images for 6 cultivars)")
                 _shoot(page, "train", tmp_path)
 
                 page.get_by_role("tab", name="Models").click()
                 expect(page.locator("#ila-versions")).to_contain_text("v2")
+                expect(page.locator("#ila-versions")).to_contain_text("the holdout is tiny")
                 expect(page.locator("#ila-tab-models")).to_contain_text("compared with")
                 _shoot(page, "models", tmp_path)
 
                 page.get_by_role("tab", name="Data").click()
                 expect(page.locator("#ila-totals")).to_contain_text("6 cultivars")
+                page.set_input_files("#ila-data-upload input[type=file]", str(leaf))
+                page.wait_for_selector("#ila-import-summary >> text=duplicates")
+                reason = page.locator("#ila-import-report th").nth(2).bounding_box()
+                assert reason["width"] > 150, f"the Reason column is squeezed to {reason['width']:.0f} px"
                 _shoot(page, "data", tmp_path)
             finally:
                 browser.close()
         with studio.store() as store:
             assert store.job(2)["status"] == "succeeded"
     assert all((tmp_path / f"{t.lower()}.png").stat().st_size > 10_000 for t in TABS)
+
+
+def _check_whole_photo(page) -> None:
+    """The before/after pair is the whole 1:2 photo, drawn at 1:2, in a box exactly its size (#13 item 4)."""
+    page.wait_for_timeout(300)  # the second image and the handle settle
+    box = page.evaluate("""() => {
+        const block = document.querySelector('#ila-slider'), im = block.querySelector('img');
+        const wrap = block.querySelector('.slider-wrap .wrap'), r = e => e.getBoundingClientRect();
+        return {block: r(block).toJSON(), wrap: r(wrap).toJSON(), img: r(im).toJSON(),
+                natural: [im.naturalWidth, im.naturalHeight]};
+    }""")
+    natural, img, wrap, block = box["natural"], box["img"], box["wrap"], box["block"]
+    assert abs(natural[0] / natural[1] - 0.5) < 0.02, f"the photo was cropped: {natural}"
+    assert abs(img["width"] / img["height"] - 0.5) < 0.02, f"drawn at another aspect ratio: {img}"
+    assert abs(wrap["width"] - img["width"]) < 2, f"the handle can leave the photo: {wrap} vs {img}"
+    assert img["top"] >= block["top"] - 1 and img["bottom"] <= block["bottom"] + 1, f"cut off: {img} in {block}"
+
+
+_SHOWN = "Number((document.querySelector('#ila-header').innerText.match(/image #(\\d+)/) || [0, -1])[1])"
+
+
+def _shown(page) -> int:
+    """The id of the image the Classify panel shows."""
+    return int(page.evaluate(f"() => {_SHOWN}"))
+
+
+def _check_undo_redo_archive_delete(page, studio) -> None:
+    """Z takes back the last action wherever it was and shows that image; Y redoes; archive, undo, delete."""
+    page.click("#ila-open-pool")
+    page.wait_for_selector("text=unlabelled image(s)")
+    page.wait_for_function(f"() => {_SHOWN} !== {_shown(page)}")  # the first pool image, not the upload
+    page.wait_for_selector("#ila-pick-1:not([disabled])")
+    first = _shown(page)
+    page.click("#ila-header")
+    page.keyboard.press("Enter")  # confirm top-1: the selection moves on to the next image
+    page.wait_for_selector(f"#ila-status >> text=Image {first} labelled")
+    page.wait_for_function(f"() => {_SHOWN} !== {first}")
+    page.keyboard.press("z")  # takes back that label, although another image is on screen
+    page.wait_for_selector(f"#ila-status >> text=Undone: image #{first}")
+    page.wait_for_function(f"() => {_SHOWN} === {first}")  # and shows the image it restored
+    with studio.store() as store:
+        assert store.current_label(first) is None
+    page.keyboard.press("y")
+    page.wait_for_selector(f"#ila-status >> text=Redone: image #{first}")
+    with studio.store() as store:
+        assert store.current_label(first) is not None
+
+    page.click("#ila-archive")  # the shown image (the one just redone) leaves queues, training and exports
+    page.wait_for_selector(f"#ila-status >> text=Image #{first} archived")
+    with studio.store() as store:
+        assert first not in [r["id"] for r in store.images()]
+    page.click("#ila-header")
+    page.keyboard.press("z")
+    page.wait_for_selector(f"#ila-status >> text=Undone: image #{first}")
+    expect(page.locator("#ila-status")).to_contain_text("back in the queues")
+    page.click("#ila-delete")
+    page.wait_for_selector("#ila-status >> text=Press Delete file for good again")
+    page.click("#ila-delete")
+    page.wait_for_selector(f"#ila-status >> text=Image #{first}'s file is deleted for good")
+    with studio.store() as store:
+        row = store.image(first)
+        assert store.archive_state(first)["deleted"] == 1
+    assert not (studio.data_dir / "images" / row["rel_path"]).exists()
+
+
+def _check_captions(page) -> None:
+    """Every gallery caption on the page is shown in full, not cut with an ellipsis (#13 item 7)."""
+    cut = page.evaluate("""() => [...document.querySelectorAll('.caption-label')]
+        .filter(e => e.offsetParent !== null && e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)""")
+    count = page.locator(".caption-label").count()
+    assert count > 0 and not cut, f"captions cut: {cut}"
 
 
 def _sha256(path: Path) -> str:

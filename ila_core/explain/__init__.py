@@ -5,7 +5,7 @@ from .explanation import EXPLAINERS, Explanation, Method, explain, explain_contr
 from .gradcam import CamResult, ClassScore, GridProbe, grad_cam, grid_probe
 from .mask import attribution_outside_mask, leaf_mask, otsu_threshold
 from .modes import eval_mode
-from .overlay import heatmap_to_rgb, overlay
+from .overlay import heatmap_to_rgb, overlay, overlay_in_window
 from .recorder import AttentionRecorder, non_patch_tokens
 from .rollout import RolloutResult, RolloutStage, attention_rollout, rollout_stages
 
@@ -35,5 +35,6 @@ __all__ = [
     "non_patch_tokens",
     "otsu_threshold",
     "overlay",
+    "overlay_in_window",
     "rollout_stages",
 ]

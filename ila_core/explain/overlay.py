@@ -12,7 +12,7 @@ import matplotlib
 import numpy as np
 from PIL import Image
 
-__all__ = ["heatmap_to_rgb", "overlay", "resize_heatmap"]
+__all__ = ["heatmap_to_rgb", "overlay", "overlay_in_window", "resize_heatmap"]
 
 Colormap = Literal["jet", "inferno", "viridis", "magma", "turbo"]
 
@@ -54,3 +54,34 @@ def overlay(image: Image.Image, heatmap: np.ndarray, *, cmap: Colormap = "jet", 
     colours = heatmap_to_rgb(resize_heatmap(heatmap, base.size), cmap)
     blended = (1.0 - alpha) * np.asarray(base, dtype=np.float32) + alpha * colours.astype(np.float32)
     return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))
+
+
+def overlay_in_window(
+    image: Image.Image, heatmap: np.ndarray, window: tuple[float, float, float, float], *, cmap: Colormap = "jet",
+    alpha: float = 0.45, dim: float = 0.55,
+) -> Image.Image:  # fmt: skip
+    """The whole photo, with ``heatmap`` blended inside the part the model saw and the rest dimmed.
+
+    The model sees a square resize and a centre crop, so its map covers a window of the photo; showing the map
+    on the whole photo (at its aspect ratio) keeps the leaf's tip and base in view instead of cropping them.
+
+    Args:
+        image: the photo; any size and mode.
+        heatmap: (H, W) floats in [0, 1] over the model's input.
+        window: (left, top, right, bottom) of the model's input in the photo, as fractions of its width/height.
+        cmap: matplotlib colormap name.
+        alpha: weight of the heatmap colours inside the window.
+        dim: brightness kept outside the window (the model never saw those pixels).
+
+    Returns:
+        A new RGB image of the photo's size.
+    """
+    base = image.convert("RGB")
+    w, h = base.size
+    box = (round(window[0] * w), round(window[1] * h), round(window[2] * w), round(window[3] * h))
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise ValueError(f"empty window {window} on a {w}x{h} image")
+    out = np.asarray(base, dtype=np.float32) * dim
+    inside = base.crop(box)
+    out[box[1] : box[3], box[0] : box[2]] = np.asarray(overlay(inside, heatmap, cmap=cmap, alpha=alpha), np.float32)
+    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))

@@ -26,6 +26,7 @@ from ..store import LabelStore, StoreError
 from ..embeddings import EmbeddingStore, embeddings_dir
 from ..serving.holdout import holdout_key, metrics_on_holdout
 from ..serving.probe import fit_probe_version
+from ..training.weakness import data_warnings
 from ..serving.promotion import Decision, Rival, decide
 from ..serving.versions import promote, publish_version
 from ..training.dataset import TrainingSet, snapshot
@@ -112,6 +113,15 @@ class _Reporter:
                 self.lost = True
         except StoreError as exc:
             _logger.warning("progress for job %d not saved: %s", self.job_id, exc)
+
+    def note_warnings(self, warnings: tuple[str, ...]) -> None:
+        """Why the result may be weak, on the job row now (not throttled like progress)."""
+        if not self.writes:
+            return
+        try:
+            self.store.update_progress(self.job_id, warnings=list(warnings))
+        except StoreError as exc:
+            _logger.warning("warnings for job %d not saved: %s", self.job_id, exc)
 
     def epoch(self, row: dict[str, Any]) -> None:
         self.emit({"kind": "epoch", "job_id": self.job_id, **row})
@@ -237,8 +247,9 @@ def _train_job(store: LabelStore, row: dict[str, Any], data_dir: Path, rep: _Rep
     variant = params.get("variant", "ila")
     snap = int(row["snapshot_event_id"])
     data = snapshot(store, data_dir, max_event_id=snap)
+    weak = data_warnings(data)  # said on the job card from the start, and with every version it publishes
     rep.progress({"phase": "prepare", "train_images": len(data.train), "holdout_images": len(data.holdout),
-                  "classes": len(data.class_names)})  # fmt: skip
+                  "classes": len(data.class_names), "warnings": list(weak)})  # fmt: skip
     leader = dist is None or dist.rank == 0
     key = holdout_key(data)
     start_rival = _start_rival(store, data, data_dir) if leader else None
@@ -256,13 +267,13 @@ def _train_job(store: LabelStore, row: dict[str, Any], data_dir: Path, rep: _Rep
         metrics = {**_metrics_json(run.metrics), "holdout_key": key}
         entry, _ = _publish(store, data_dir, rep, row, run.built, data, metrics, kind="probe",
                             rivals=[start_rival] if start_rival else [], train_config=config.to_dict(),
-                            extra={**run.extra(), "steps": 0, "epochs": 0})  # fmt: skip
+                            extra={**run.extra(), "steps": 0, "epochs": 0, "warnings": list(weak)})  # fmt: skip
         published.append(entry)
         probe_rival = Rival(f"the probe (version {entry['version_id']})", metrics)
         if source is None:
             source = run.built.model  # the ILA model below shares the probe's frozen tensors
     if variant == "probe":
-        return _finished(job_id, published, (), serving=_serving(store, published, start_rival))
+        return _finished(job_id, published, weak, serving=_serving(store, published, start_rival))
 
     if config.use_feature_cache and cache is None:
         cache = FeatureCache(data_dir / "cache" / "features")
@@ -283,7 +294,8 @@ def _train_job(store: LabelStore, row: dict[str, Any], data_dir: Path, rep: _Rep
     if rep.lost:  # marked lost while evaluating: publishing now could race a newer job
         return RunOutcome(job_id, "lost", epochs=result.epochs)
     metrics = {**_metrics_json(result.metrics), "holdout_key": key}
-    warnings = tuple(w for w in (result.shortfall(),) if w)
+    warnings = (*weak, *(w for w in (result.shortfall(),) if w))
+    rep.note_warnings(warnings)
     kind = "ila" if variant.startswith("ila") else "baseline"
     rivals = [r for r in (probe_rival, start_rival) if r is not None]
     entry, _ = _publish(store, data_dir, rep, row, built, data, metrics, kind=kind, rivals=rivals,

@@ -18,6 +18,7 @@ from .classify import build_classify_tab
 from .data import build_data_tab
 from .errors import guarded
 from .header import header_html
+from .history import new_history
 from .launch import DELETE_CACHE, prepare_environment
 from .models import build_models_tab
 from .options import StudioOptions
@@ -31,7 +32,8 @@ _logger = logging.getLogger(__name__)
 
 _KEYS = (
     '<div class="ila-keys">Keys on this tab: <kbd>1</kbd>–<kbd>5</kbd> pick a candidate · <kbd>Enter</kbd> confirm '
-    "top-1 · <kbd>U</kbd> unsure · <kbd>Z</kbd> undo · <kbd>←</kbd> <kbd>→</kbd> previous / next image</div>"
+    "top-1 · <kbd>U</kbd> unsure · <kbd>Z</kbd> undo your last action · <kbd>Y</kbd> redo · <kbd>←</kbd> "
+    "<kbd>→</kbd> previous / next image</div>"
 )
 
 
@@ -54,14 +56,18 @@ def build_app(config: AppConfig, *, studio: Studio | None = None, options: Studi
         atexit.register(studio.close)
     with StudioBlocks(title="ILA Studio", delete_cache=DELETE_CACHE, analytics_enabled=False) as demo:
         header = gr.HTML(header_html(studio), elem_id="ila-header-bar")
+        # One page-level timer for the header: a Timer inside a tab ticks only while that tab is mounted, so the
+        # header went stale on every tab but Train. This one reads a few rows per tick (see header_html).
+        header_timer = gr.Timer(studio.options.poll_seconds)
+        history = gr.State(new_history())  # this tab's undo/redo stacks, shared by Classify and Review
         with gr.Tabs(elem_id="ila-tabs"):
             with gr.Tab("Classify", id="classify", elem_id="ila-tab-classify"):
                 gr.HTML(_KEYS)
-                build_classify_tab(studio)
+                build_classify_tab(studio, history)
             with gr.Tab("Review", id="review", elem_id="ila-tab-review") as review_tab:
-                build_review_tab(studio, demo, review_tab)
+                build_review_tab(studio, demo, review_tab, history)
             with gr.Tab("Train", id="train", elem_id="ila-tab-train"):
-                timer = build_train_tab(studio, demo)
+                build_train_tab(studio, demo)
             with gr.Tab("Models", id="models", elem_id="ila-tab-models") as models_tab:
                 build_models_tab(studio, demo, models_tab)
             with gr.Tab("Data", id="data", elem_id="ila-tab-data") as data_tab:
@@ -76,5 +82,6 @@ def build_app(config: AppConfig, *, studio: Studio | None = None, options: Studi
             return header_html(studio, user, studio.is_admin(request))
 
         demo.load(status, None, [header], api_visibility="private", queue=False)
-        timer.tick(status, None, [header], api_visibility="private", queue=False, show_progress="hidden")
+        header_timer.tick(status, None, [header], api_name="ui_header", api_visibility="private", queue=False,
+                          show_progress="hidden")  # fmt: skip
     return demo

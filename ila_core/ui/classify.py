@@ -15,10 +15,12 @@ from typing import Any
 import gradio as gr
 
 from .errors import UserFacing, guarded
-from .labelling import as_text, new_event_id, record, undo
+from .history import History, action_entry, new_history, pushed, redo_last, undo_last
+from .labelling import as_text, new_event_id, record
 from .panel import exemplar_items, explain_view, flags_html, header_markdown, image_facts
 from .scoring import predictions_for
 from .serving import METHODS
+from .removal import archive_image, delete_image_file
 from .studio import Studio
 from .uploads import MAX_UPLOAD_FILES, receive_uploads
 
@@ -52,25 +54,107 @@ def _gallery(studio: Studio, ids: list[int]) -> list[tuple[Any, str]]:
     return items
 
 
+def _step(state: dict[str, Any], delta: int) -> dict[str, Any]:
+    if not state["ids"]:
+        return state
+    sel = 0 if state.get("sel") is None else state["sel"]
+    return {"ids": state["ids"], "sel": max(0, min(len(state["ids"]) - 1, sel + delta))}
+
+
+def _selected(state: dict[str, Any]) -> int:
+    if state.get("sel") is None or not state["ids"]:
+        raise UserFacing("Select an image first.")
+    return int(state["ids"][state["sel"]])
+
+
+def _show(state: dict[str, Any], image_ids: list[int]) -> dict[str, Any]:
+    """The session with the first of ``image_ids`` selected (added to the session when it is not in it)."""
+    if not image_ids:
+        return state
+    ids = list(state["ids"]) if image_ids[0] in state["ids"] else [*state["ids"], image_ids[0]]
+    return {"ids": ids, "sel": ids.index(image_ids[0])}
+
+
+def label_action(studio: Studio, state: dict[str, Any], history: History, request: gr.Request, *, kind: str,
+                 label: str | None = None, source: str = "expert") -> tuple[Any, ...]:  # fmt: skip
+    """Store a label or unsure event for the selected image, push it on the session's undo stack, move on."""
+    image_id = _selected(state)
+    user = studio.username(request)
+    with studio.store() as store:
+        current = store.current_label(image_id)
+        seen = None if current is None else current["label"]  # conflict detection: the label the user saw
+        outcome = record(store, image_id, kind=kind, label=label, user=user, source=source,
+                         client_event_id=new_event_id(), expected=seen)  # fmt: skip
+    if outcome.created:
+        history = pushed(history, action_entry(kind, [(image_id, outcome.event_id)], label=label, source=source))
+    new_state = _step(state, 1) if state["sel"] < len(state["ids"]) - 1 else state
+    return new_state, outcome.message, _gallery(studio, new_state["ids"]), history
+
+
+def undo_action(studio: Studio, state: dict[str, Any], history: History, request: gr.Request,
+                *, redo: bool = False) -> tuple[Any, ...]:  # fmt: skip
+    """Undo (or redo) this session's newest action wherever it was, and show the image it restored."""
+    user = studio.username(request)
+    with studio.store() as store:
+        history, message, ids = (redo_last if redo else undo_last)(store, history, user=user)
+    new_state = _show(state, ids)
+    return new_state, message, _gallery(studio, new_state["ids"]), history
+
+
+def archive_action(studio: Studio, state: dict[str, Any], history: History, request: gr.Request) -> tuple[Any, ...]:
+    """Archive the selected image (undoable) and take it out of this session's list."""
+    image_id = _selected(state)
+    message, done = archive_image(studio, image_id, request)
+    if done is not None:
+        history = pushed(history, done)
+    ids = [i for i in state["ids"] if i != image_id]
+    sel = None if not ids else min(state["sel"], len(ids) - 1)
+    new_state = {"ids": ids, "sel": sel}
+    return new_state, message, _gallery(studio, ids), history, None
+
+
+def delete_action(studio: Studio, state: dict[str, Any], armed: int | None,
+                  request: gr.Request) -> tuple[Any, ...]:  # fmt: skip
+    """First press arms (names what goes); a second press on the same image deletes its file for good."""
+    image_id = _selected(state)
+    studio.require_admin(request, "delete image files")
+    if armed != image_id:
+        text = (f"Press **Delete file for good** again to delete image #{image_id}'s file. This cannot be undone "
+                "(its label history stays); Archive hides an image and can be undone.")  # fmt: skip
+        return gr.skip(), text, gr.skip(), image_id
+    message = delete_image_file(studio, image_id, request)
+    ids = [i for i in state["ids"] if i != image_id]
+    new_state = {"ids": ids, "sel": None if not ids else min(state["sel"], len(ids) - 1)}
+    return new_state, message, _gallery(studio, ids), None
+
+
 def _picker(on_pick: Any, i: int) -> Any:
     """A handler for candidate button ``i`` (Gradio injects the request by annotation, so no lambda)."""
 
-    def pick(state: dict[str, Any], request: gr.Request) -> tuple[Any, ...]:
-        return on_pick(i, state, request)
+    def pick(state: dict[str, Any], history: History, request: gr.Request) -> tuple[Any, ...]:
+        return on_pick(i, state, history, request)
 
     return pick
 
 
-def build_classify_tab(studio: Studio) -> ClassifyTab:
-    """Lay out the Classify tab inside the current ``gr.Tab`` and wire its events."""
+def build_classify_tab(studio: Studio, history: gr.State | None = None) -> ClassifyTab:
+    """Lay out the Classify tab inside the current ``gr.Tab`` and wire its events.
+
+    Args:
+        studio: the running studio.
+        history: the page's undo/redo stacks (shared with the Review tab); a new one when None.
+    """
     k = studio.options.top_k
     session = gr.State(_session())
+    history = history if history is not None else gr.State(new_history())
+    armed = gr.State(None)  # the image whose file deletion waits for a second press
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
             upload = gr.File(label="Upload leaf images or a .zip", file_count="multiple",
                              file_types=["image", ".zip"], height=120, elem_id="ila-upload")  # fmt: skip
             with gr.Row():
-                pool_btn = gr.Button("Open next unlabelled images", size="sm", variant="secondary")
+                pool_btn = gr.Button("Open next unlabelled images", size="sm", variant="secondary",
+                                     elem_id="ila-open-pool")  # fmt: skip
                 clear_btn = gr.Button("Clear session", size="sm", variant="secondary")
             gallery = gr.Gallery(label="This session", columns=4, height=430, allow_preview=False, preview=False,
                                  fit_columns=False, object_fit="cover", elem_id="ila-gallery")  # fmt: skip
@@ -101,21 +185,26 @@ def build_classify_tab(studio: Studio) -> ClassifyTab:
                     confirm = gr.Button("Confirm top-1", variant="primary", elem_id="ila-confirm",
                                         interactive=False)  # fmt: skip
                     unsure = gr.Button("Unsure  (U)", elem_id="ila-unsure", interactive=False)
-                    undo_btn = gr.Button("Undo  (Z)", elem_id="ila-undo", interactive=False)
+                    undo_btn = gr.Button("Undo  (Z)", elem_id="ila-undo")
+                    redo_btn = gr.Button("Redo  (Y)", elem_id="ila-redo")
                 with gr.Row(elem_classes=["ila-toolbar"]):
                     correction = gr.Dropdown(label="Correct to", choices=[], scale=3, elem_id="ila-correction")
                     correct_btn = gr.Button("Save correction", scale=1, elem_id="ila-correct", interactive=False)
+                with gr.Row():
+                    archive_btn = gr.Button("Archive image (hide a mistaken upload)", size="sm", elem_id="ila-archive")
+                    delete_btn = gr.Button("Delete file for good (admins)", size="sm", variant="stop",
+                                           elem_id="ila-delete")  # fmt: skip
             status = gr.Markdown(elem_id="ila-status")
             method = gr.Radio([(v, key) for key, v in METHODS.items()], value="gradcam", label="Explanation",
                               elem_id="ila-method")  # fmt: skip
-            slider = gr.ImageSlider(label="Model view  |  heatmap overlay (drag to compare)", type="pil", height=360,
-                                    elem_id="ila-slider", interactive=False)  # fmt: skip
+            slider = gr.ImageSlider(label="Photo  |  heatmap overlay (drag to compare)", type="pil", max_height=420,
+                                    elem_id="ila-slider", interactive=False, buttons=["fullscreen"])  # fmt: skip
             caption = gr.Markdown(elem_classes=["ila-muted"])
             exemplars = gr.Gallery(label="Nearest confirmed images of each candidate", columns=5, height=220,
                                    allow_preview=True, preview=False, fit_columns=False, object_fit="cover",
                                    elem_id="ila-exemplars")  # fmt: skip
 
-    fast_out = [header, topk, flags, *picks, confirm, unsure, undo_btn, correct_btn, correction]
+    fast_out = [header, topk, flags, *picks, confirm, unsure, undo_btn, correct_btn, correction, caption]
     slow_out = [slider, caption, exemplars, flags]
 
     def fast_values(state: dict[str, Any]) -> list[Any]:
@@ -127,8 +216,12 @@ def build_classify_tab(studio: Studio) -> ClassifyTab:
                 None,
                 "",
                 *[gr.Button(f"{i + 1}", interactive=False, visible=i < k) for i in range(MAX_PICKS)],
-                *[gr.Button(interactive=False)] * 4,
+                gr.Button(interactive=False),
+                gr.Button(interactive=False),
+                gr.Button(interactive=True),  # undo takes back the session's last action, wherever it was
+                gr.Button(interactive=False),
                 gr.Dropdown(choices=names, value=None),
+                "",
             ]
         facts = image_facts(studio, state["ids"][sel])
         label_value = {name: p for name, p in facts.topk} if facts.topk else None
@@ -145,7 +238,8 @@ def build_classify_tab(studio: Studio) -> ClassifyTab:
         return [header_markdown(facts), label_value, flags_html(studio, facts), *buttons,
                 gr.Button(interactive=has_model), gr.Button(interactive=True), gr.Button(interactive=True),
                 gr.Button(interactive=True),
-                gr.Dropdown(choices=choices, value=facts.topk[0][0] if facts.topk else None)]  # fmt: skip
+                gr.Dropdown(choices=choices, value=facts.topk[0][0] if facts.topk else None),
+                "Top-k is final; the heatmap follows in a moment…" if has_model else ""]  # fmt: skip
 
     @guarded
     def slow_values(state: dict[str, Any], how: str) -> list[Any]:
@@ -182,7 +276,8 @@ def build_classify_tab(studio: Studio) -> ClassifyTab:
             if rows and studio.models.version_id is not None:
                 predictions_for(store, studio.models, rows)
         if not rows:
-            raise UserFacing("No unlabelled images left in the store.")
+            raise UserFacing("No unlabelled images left in the store." if not left else
+                             f"All {left:,} unlabelled images are already open in this session.")  # fmt: skip
         ids = state["ids"] + [r["id"] for r in rows]
         state = {"ids": ids, "sel": len(state["ids"])}
         return [_gallery(studio, ids), state, f"Opened {len(rows)} unlabelled image(s) from the store."]
@@ -191,64 +286,44 @@ def build_classify_tab(studio: Studio) -> ClassifyTab:
     def on_select(state: dict[str, Any], evt: gr.SelectData) -> dict[str, Any]:
         return {"ids": state["ids"], "sel": int(evt.index)}
 
-    def step(state: dict[str, Any], delta: int) -> dict[str, Any]:
-        if not state["ids"]:
-            return state
-        sel = 0 if state.get("sel") is None else state["sel"]
-        return {"ids": state["ids"], "sel": max(0, min(len(state["ids"]) - 1, sel + delta))}
-
-    def act(state: dict[str, Any], request: gr.Request, *, kind: str, label: str | None = None,
-            source: str = "expert") -> tuple[dict[str, Any], str, Any]:  # fmt: skip
-        if state.get("sel") is None or not state["ids"]:
-            raise UserFacing("Select an image first.")
-        image_id = state["ids"][state["sel"]]
-        user = studio.username(request)
-        with studio.store() as store:
-            if kind == "undo":
-                outcome = undo(store, image_id, user=user, client_event_id=new_event_id())
-            else:
-                current = store.current_label(image_id)
-                outcome = record(
-                    store,
-                    image_id,
-                    kind=kind,
-                    label=label,
-                    user=user,
-                    source=source,
-                    client_event_id=new_event_id(),
-                    expected=None if current is None else current["label"],
-                )
-        advance = kind != "undo" and state["sel"] < len(state["ids"]) - 1
-        new_state = step(state, 1) if advance else state
-        return new_state, outcome.message, _gallery(studio, state["ids"])
-
     @guarded
-    def on_pick(i: int, state: dict[str, Any], request: gr.Request) -> tuple[Any, ...]:
+    def on_pick(i: int, state: dict[str, Any], hist: History, request: gr.Request) -> tuple[Any, ...]:
         facts = image_facts(studio, state["ids"][state["sel"]]) if state.get("sel") is not None else None
         if facts is None or i >= len(facts.topk):
             raise UserFacing("No candidate with that number.")
-        return act(
-            state, request, kind="label", label=facts.topk[i][0], source="model-accepted" if i == 0 else "expert"
-        )
+        source = "model-accepted" if i == 0 else "expert"
+        return label_action(studio, state, hist, request, kind="label", label=facts.topk[i][0], source=source)
 
     @guarded
-    def on_confirm(state: dict[str, Any], request: gr.Request) -> tuple[Any, ...]:
-        return on_pick(0, state, request)
+    def on_confirm(state: dict[str, Any], hist: History, request: gr.Request) -> tuple[Any, ...]:
+        return on_pick(0, state, hist, request)
 
     @guarded
-    def on_correct(label: str | None, state: dict[str, Any], request: gr.Request) -> tuple[Any, ...]:
-        return act(state, request, kind="label", label=label)
+    def on_correct(label: str | None, state: dict[str, Any], hist: History, request: gr.Request) -> tuple[Any, ...]:
+        return label_action(studio, state, hist, request, kind="label", label=label)
 
     @guarded
-    def on_unsure(state: dict[str, Any], request: gr.Request) -> tuple[Any, ...]:
-        return act(state, request, kind="unsure")
+    def on_unsure(state: dict[str, Any], hist: History, request: gr.Request) -> tuple[Any, ...]:
+        return label_action(studio, state, hist, request, kind="unsure")
 
     @guarded
-    def on_undo(state: dict[str, Any], request: gr.Request) -> tuple[Any, ...]:
-        return act(state, request, kind="undo")
+    def on_undo(state: dict[str, Any], hist: History, request: gr.Request) -> tuple[Any, ...]:
+        return undo_action(studio, state, hist, request)
+
+    @guarded
+    def on_redo(state: dict[str, Any], hist: History, request: gr.Request) -> tuple[Any, ...]:
+        return undo_action(studio, state, hist, request, redo=True)
+
+    @guarded
+    def on_archive(state: dict[str, Any], hist: History, request: gr.Request) -> tuple[Any, ...]:
+        return archive_action(studio, state, hist, request)
+
+    @guarded
+    def on_delete(state: dict[str, Any], pending: int | None, request: gr.Request) -> tuple[Any, ...]:
+        return delete_action(studio, state, pending, request)
 
     guarded_fast = guarded(fast_values)
-    act_out = [session, status, gallery]
+    act_out = [session, status, gallery, history]
 
     def refresh(event: Any) -> None:
         event.then(guarded_fast, [session], fast_out, api_visibility="private").then(
@@ -262,20 +337,25 @@ def build_classify_tab(studio: Studio) -> ClassifyTab:
     refresh(clear_btn.click(lambda: (_session(), [], ""), None, [session, gallery, report], api_name="ui_clear",
                             api_visibility="private"))  # fmt: skip
     refresh(gallery.select(on_select, [session], [session], api_name="ui_select", api_visibility="private"))
-    refresh(prev_btn.click(lambda s: step(s, -1), [session], [session], api_name="ui_prev", api_visibility="private"))
-    refresh(next_btn.click(lambda s: step(s, 1), [session], [session], api_name="ui_next", api_visibility="private"))
+    refresh(prev_btn.click(lambda s: _step(s, -1), [session], [session], api_name="ui_prev", api_visibility="private"))
+    refresh(next_btn.click(lambda s: _step(s, 1), [session], [session], api_name="ui_next", api_visibility="private"))
     for i, btn in enumerate(picks):
-        refresh(btn.click(_picker(on_pick, i), [session], act_out, api_name=f"ui_pick_{i + 1}",
+        refresh(btn.click(_picker(on_pick, i), [session, history], act_out, api_name=f"ui_pick_{i + 1}",
                           api_visibility="private", concurrency_id="labels", concurrency_limit=4))  # fmt: skip
     for btn, fn, name in (
         (confirm, on_confirm, "ui_confirm"),
         (unsure, on_unsure, "ui_unsure"),
         (undo_btn, on_undo, "ui_undo"),
+        (redo_btn, on_redo, "ui_redo"),
     ):
-        refresh(btn.click(fn, [session], act_out, api_name=name, api_visibility="private", concurrency_id="labels",
-                          concurrency_limit=4))  # fmt: skip
-    refresh(correct_btn.click(on_correct, [correction, session], act_out, api_name="ui_correct",
+        refresh(btn.click(fn, [session, history], act_out, api_name=name, api_visibility="private",
+                          concurrency_id="labels", concurrency_limit=4))  # fmt: skip
+    refresh(correct_btn.click(on_correct, [correction, session, history], act_out, api_name="ui_correct",
                               api_visibility="private", concurrency_id="labels", concurrency_limit=4))  # fmt: skip
+    refresh(archive_btn.click(on_archive, [session, history], [*act_out, armed], api_name="ui_archive",
+                              api_visibility="private", concurrency_id="labels", concurrency_limit=4))  # fmt: skip
+    refresh(delete_btn.click(on_delete, [session, armed], [session, status, gallery, armed], api_name="ui_delete",
+                             api_visibility="private", concurrency_id="labels", concurrency_limit=1))  # fmt: skip
     method.change(slow_values, [session, method], slow_out, api_name="ui_explain", api_visibility="private",
                   concurrency_id="model")  # fmt: skip
     return ClassifyTab(correction=correction)

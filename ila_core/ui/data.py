@@ -116,7 +116,8 @@ def build_data_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
         with gr.Column(scale=6):
             gr.Markdown("### Import")
             upload = gr.File(label="Upload images or a .zip of images (one folder per cultivar inside)",
-                             file_count="multiple", file_types=[".zip", "image"], height=110)  # fmt: skip
+                             file_count="multiple", file_types=[".zip", "image"], height=110,
+                             elem_id="ila-data-upload")  # fmt: skip
             with gr.Accordion("Import from a path on the server (admins)", open=False):
                 roots = len(studio.options.import_roots)
                 gr.Markdown(f"{roots} import root(s) configured (`--import-root DIR` at launch)." if roots else
@@ -128,8 +129,10 @@ def build_data_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
             split = gr.Dropdown(list(SPLIT_OVERRIDE), value="Keep the layout's split", label="Split")
             poll = gr.Timer(2.0, active=False)
             summary = gr.Markdown(elem_id="ila-import-summary")
+            # Widths per column, or the browser squeezes "Reason" to a letter a line beside a long file path.
             report = gr.Dataframe(headers=REPORT_HEADERS, value=[], label="Per-file report", interactive=False,
-                                  max_height=300, wrap=True)  # fmt: skip
+                                  max_height=300, wrap=True, elem_id="ila-import-report",
+                                  column_widths=["24%", "100px", "30%", "12%", "64px", "52px"])  # fmt: skip
         with gr.Column(scale=5):
             gr.Markdown("### Counts")
             totals = gr.Markdown(elem_id="ila-totals")

@@ -86,7 +86,10 @@ def job_card_html(job: dict[str, Any] | None, now: datetime | None = None) -> st
         if job.get("cancel_requested"):
             lines.append("Cancel requested; stopping after the current batch.")
     else:
-        lines.append(as_text(job.get("message") or status))
+        message = job.get("message") or status
+        for warning in p.get("warnings") or []:  # shown below as notes, not twice
+            message = message.replace(f"; {warning}", "")
+        lines.append(as_text(message))
     started, finished = _when(job.get("started_at")), _when(job.get("finished_at"))
     if started is not None:
         end = finished or now
@@ -100,6 +103,11 @@ def job_card_html(job: dict[str, Any] | None, now: datetime | None = None) -> st
     pct = round(100 * job_fraction(job))
     bar = f'<div class="ila-bar" role="progressbar" aria-valuenow="{pct}"><span style="width:{pct}%"></span></div>'
     body = "".join(f"<div>{line}</div>" for line in lines)
+    if p.get("warnings") and status in ("running", "succeeded"):
+        notes = "".join(f'<div class="ila-note ila-note-warn">{as_text(w[:1].upper() + w[1:])}.</div>'
+                        for w in p["warnings"])  # fmt: skip
+        body += f'<div class="ila-weak"><b>Why this model may be weak</b>{notes}</div>'
+
     show_bar = status in ("queued", "running", "succeeded")
     head = f'<div class="ila-card-title">{title}</div>'
     return f'<div class="ila-card" id="ila-job-card">{head}{bar if show_bar else ""}{body}</div>'

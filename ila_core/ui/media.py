@@ -49,6 +49,11 @@ class ThumbnailCache:
         self._items: OrderedDict[str, Image.Image] = OrderedDict()
         self._lock = threading.Lock()
 
+    def forget(self, sha256: str) -> None:
+        """Drop one thumbnail (its file was deleted)."""
+        with self._lock:
+            self._items.pop(sha256, None)
+
     def get(self, row: dict[str, Any]) -> Image.Image:
         """Thumbnail of a store row (``sha256`` and ``rel_path`` keys)."""
         key = row["sha256"]

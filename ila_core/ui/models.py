@@ -37,6 +37,7 @@ VERSION_HEADERS = [
     "Job",
     "Parent",
     "Why (not) served",
+    "Why it may be weak",
 ]
 
 
@@ -57,7 +58,7 @@ def version_rows(versions: list[dict[str, Any]], served: int | None) -> list[lis
         rows.append([f"v{v['id']}", v.get("kind", "ila"), status, (v.get("created_at") or "")[:16].replace("T", " "),
                      _num(m.get("top1")), _num(m.get("top5")), _num(m.get("macro_f1")), m.get("count", ""), trained,
                      v.get("job_id") or "", f"v{v['parent_id']}" if v.get("parent_id") else "",
-                     v.get("note") or ""])  # fmt: skip
+                     v.get("note") or "", "; ".join(extra.get("warnings") or [])])  # fmt: skip
     return rows
 
 
@@ -107,8 +108,9 @@ def build_models_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
         promote = gr.Button("Promote this version", variant="primary", scale=2, elem_id="ila-promote")
         rollback = gr.Button("Roll back to previous", variant="stop", scale=2, elem_id="ila-rollback")
     message = gr.Markdown(elem_id="ila-models-message")
-    table = gr.Dataframe(headers=VERSION_HEADERS, value=[], label="Model versions", interactive=False,
-                         elem_id="ila-versions")  # fmt: skip
+    table = gr.Dataframe(headers=VERSION_HEADERS, value=[], label="Model versions", interactive=False, wrap=True,
+                         elem_id="ila-versions", column_widths=["5%", "5%", "8%", "9%", "5%", "5%", "5%", "5%", "7%",
+                                                                "4%", "5%", "19%", "18%"])  # fmt: skip
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
             summary = gr.Markdown()

@@ -125,7 +125,8 @@ def explain_view(studio: Studio, facts: ImageFacts, method: str) -> tuple[tuple[
     elif done.target:
         what = f"{what} for {as_text(done.target)}"
     caption = (f"{what} · computed on a {done.grid_side}×{done.grid_side} token grid · "
-               f"{done.outside_leaf:.0%} of attribution outside the leaf")  # fmt: skip
+               f"{done.outside_leaf:.0%} of attribution outside the leaf · the whole photo is shown; the dimmed "
+               "border lies outside the part the model sees")  # fmt: skip
     return (done.view, done.overlay), caption, done.outside_leaf
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from .errors import UserFacing, guarded
+from .history import History, action_entry, new_history, pushed
 from .labelling import bulk_relabel, new_event_id, undo
 from .scoring import TopK, margin, predictions_for
 from .studio import Studio
@@ -112,9 +113,24 @@ def _short(item: dict[str, Any]) -> str:
     return f"#{item['id']}" + (f" {item['label']}" if item["label"] else "")
 
 
-def build_review_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
-    """Lay out the Review tab inside the current ``gr.Tab`` and wire its events."""
+def selection_items(studio: Studio, chosen: list[str]) -> list[tuple[Any, str]]:
+    """Thumbnails of the selected images, captioned with id and current label, in selection order."""
+    items = []
+    with studio.store() as store:
+        for c in chosen:
+            row = store.image(int(c))
+            label = row.get("label") if row.get("label_kind") == "label" else row.get("label_kind")
+            items.append((studio.thumbs.get(row), f"#{row['id']} {label or 'no label'}"))
+    return items
+
+
+def build_review_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab, history: gr.State | None = None) -> None:
+    """Lay out the Review tab inside the current ``gr.Tab`` and wire its events.
+
+    ``history`` is the page's undo stack: a bulk relabel is one entry, so the Classify tab's Undo takes it back.
+    """
     shown = gr.State([])
+    history = history if history is not None else gr.State(new_history())
     with gr.Row(elem_classes=["ila-toolbar"]):
         sort = gr.Dropdown([(v, k) for k, v in SORTS.items()], value="margin", label="Sort", scale=3)
         cultivar = gr.Dropdown([ALL], value=ALL, label="Cultivar (label or prediction)", scale=2)
@@ -130,6 +146,8 @@ def build_review_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
                                    max_height=260, elem_id="ila-review-table")  # fmt: skip
         with gr.Column(scale=4, min_width=300):
             selected = gr.CheckboxGroup([], label="Selected images", elem_id="ila-review-selected")
+            picked = gr.Gallery(label="Selection", columns=5, height=170, allow_preview=False, preview=False,
+                                object_fit="contain", elem_id="ila-review-picked")  # fmt: skip
             with gr.Row():
                 select_all = gr.Button("Select all shown", size="sm")
                 clear = gr.Button("Clear selection", size="sm")
@@ -165,11 +183,17 @@ def build_review_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
         return [c for c in current if c != chosen] if chosen in current else [*current, chosen]
 
     @guarded
-    def on_apply(label: str | None, chosen: list[str], request: gr.Request) -> str:
+    def on_apply(label: str | None, chosen: list[str], hist: History, request: gr.Request) -> tuple[str, History]:
         user = studio.username(request)
+        ids = list(dict.fromkeys(int(c) for c in chosen))
         with studio.store() as store:
-            _, text = bulk_relabel(store, [int(c) for c in chosen], label or "", user=user)
-        return text + " Refresh the queue to see the new order."
+            events, text = bulk_relabel(store, ids, label or "", user=user)
+        hist = pushed(hist, action_entry("label", list(zip(ids, events)), label=label, source="bulk"))
+        return text + " Refresh the queue to see the new order; Undo (Classify tab, Z) takes it back.", hist
+
+    @guarded
+    def on_selection(chosen: list[str]) -> list[tuple[Any, str]]:
+        return selection_items(studio, chosen or [])
 
     @guarded
     def on_undo(chosen: list[str], request: gr.Request) -> str:
@@ -200,7 +224,8 @@ def build_review_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
     gallery.select(on_pick, [shown, selected], [selected], api_visibility="private", queue=False)
     select_all.click(lambda ids: [str(i) for i in ids], [shown], [selected], api_visibility="private", queue=False)
     clear.click(list, None, [selected], api_visibility="private", queue=False)
-    apply.click(on_apply, [relabel_to, selected], [message], api_name="ui_bulk_relabel", api_visibility="private",
-                concurrency_id="labels", concurrency_limit=4)  # fmt: skip
+    apply.click(on_apply, [relabel_to, selected, history], [message, history], api_name="ui_bulk_relabel",
+                api_visibility="private", concurrency_id="labels", concurrency_limit=4)  # fmt: skip
+    selected.change(on_selection, [selected], [picked], api_visibility="private", queue=False, show_progress="hidden")
     undo_btn.click(on_undo, [selected], [message], api_name="ui_bulk_undo", api_visibility="private",
                    concurrency_id="labels", concurrency_limit=4)  # fmt: skip

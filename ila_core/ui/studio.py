@@ -178,7 +178,7 @@ class Studio:
         self._status = StartupStatus("seeding", done, total, "Importing the synthetic demo cultivars")
 
     def follow_model(self, *, changed: bool = False) -> bool:
-        """Serve the store's active version; after a switch, score the newest images in the background.
+        """Serve the store's active version; after a switch, warm explanations and score in the background.
 
         Args:
             changed: the caller already swapped the served model (promote/rollback through the predictor).
@@ -195,9 +195,10 @@ class Studio:
         return changed
 
     def _score_newest(self) -> None:
-        """Predictions of the served version for the newest images, so the Review queue opens fast."""
+        """Warm the explanation path, then score the newest images, so Classify and Review answer fast."""
         from .scoring import predictions_for
 
+        self.models.warm_explainer()  # first: a user's first heatmap would otherwise wait for the whole build
         try:
             with self.store() as store:
                 rows = store.images()[-_SCORE_IN_BACKGROUND:]

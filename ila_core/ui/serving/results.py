@@ -15,8 +15,8 @@ METHODS = {"gradcam": "Grad-CAM", "rollout": "Attention rollout", "contrast": "C
 class Explained:
     """An explanation ready for display."""
 
-    view: Image.Image  # what the model saw: square resize + centre crop, no normalisation
-    overlay: Image.Image  # heatmap blended on the view
+    view: Image.Image  # the whole photo at its aspect ratio (downscaled for display)
+    overlay: Image.Image  # the same photo: heatmap inside the window the model saw, the rest dimmed
     method: str
     target: str | None  # cultivar explained (None for class-agnostic rollout)
     other: str | None  # contrast only
