@@ -342,7 +342,7 @@ def test_the_explanation_path_is_warm_once_a_model_serves(app):
     from ui_support import wait_for
 
     studio = app[2]
-    wait_for(lambda: studio._scorer is None or not studio._scorer.is_alive(), 60, "the first background pass")
+    wait_for(lambda: studio._warmer is None or not studio._warmer.is_alive(), 60, "the first background pass")
     with studio.models._explain_lock:
         studio.models._explainer = None  # as if the model had just switched
     studio.follow_model(changed=True)
@@ -359,12 +359,29 @@ def _scored_by_serving_model(studio: Studio) -> None:
 
 
 def test_review_queue_puts_the_smallest_margin_first(app):
-    """The margin queue is sorted ascending by top-1 minus top-2 probability."""
-    from ila_core.ui.review import review_queue
+    """The margin queue is sorted ascending by top-1 minus top-2 probability, over every scored image."""
+    from ila_core.ui.review import review_page
 
-    items = review_queue(app[2], sort="margin", cultivar=None, split=None, version="serving")
+    _scored_by_serving_model(app[2])
+    items, page = review_page(app[2], sort="margin", cultivar=None, split=None, version="serving")
     margins = [i["margin"] for i in items]
-    assert margins and margins == sorted(margins)
+    assert margins and margins == sorted(margins) and page.total == page.scored
+
+
+def test_queue_endpoint_pages_every_sort(client, app):
+    """/queue answers {"items": [{"image_id": ...}], "total", "scored"}; offset moves to the next page."""
+    _scored_by_serving_model(app[2])
+    with app[2].store() as store:
+        stored = store.count_images()
+    for sort in ("unlabelled", "margin", "disagree", "unsure", "newest", "unlike"):
+        out = client.predict(sort, 5, 0, api_name="/queue")
+        assert set(out) >= {"items", "total", "scored"} and out["scored"] == stored, sort
+        assert len(out["items"]) == min(5, out["total"]) and all("image_id" in i for i in out["items"]), sort
+    first, second = (client.predict("newest", 5, offset, api_name="/queue") for offset in (0, 5))
+    ids = [i["image_id"] for i in first["items"] + second["items"]]
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 10
+    with pytest.raises(AppError, match="Unknown sort order"):
+        client.predict("sideways", 5, 0, api_name="/queue")
 
 
 @pytest.mark.parametrize("fmt", ["csv", "history", "labelstudio", "imagefolder"])
@@ -486,8 +503,11 @@ def test_review_sorts_by_how_unlike_the_confirmed_images(app):
     from ila_core.ui.review import review_queue
 
     studio = app[2]
+    _scored_by_serving_model(studio)
+    wait_for(lambda: len(review_queue(studio, sort="unlike", cultivar=None, split=None, version=None,
+                                      limit=500)) >= 10, 60, "similarities of the scored images")  # fmt: skip
     items = review_queue(studio, sort="unlike", cultivar=None, split=None, version=None, limit=500)
-    sims = [i["unlike"].similarity for i in items]
+    sims = [i["similarity"] for i in items]
     assert len(items) >= 10 and sims == sorted(sims)
 
 

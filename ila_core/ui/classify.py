@@ -128,6 +128,23 @@ def delete_action(studio: Studio, state: dict[str, Any], armed: int | None,
     return new_state, message, _gallery(studio, ids), None
 
 
+def _pool_page(store: Any, after: int, seen: set[int]) -> tuple[list[dict[str, Any]], bool]:
+    """Up to a page of unlabelled images after id ``after`` not open in this session; at the end, from the oldest.
+
+    Returns:
+        ``(rows, wrapped)``: ``wrapped`` says the walk reached the last unlabelled image and started again.
+    """
+    for start in (after, 0) if after else (0,):
+        rows: list[dict[str, Any]] = []
+        cursor = start
+        while len(rows) < _POOL_PAGE and (page := store.unlabelled_images(after_id=cursor, limit=_POOL_PAGE * 2)):
+            rows += [r for r in page if r["id"] not in seen]
+            cursor = page[-1]["id"]
+        if rows:
+            return rows[:_POOL_PAGE], start != after
+    return [], False
+
+
 def _picker(on_pick: Any, i: int) -> Any:
     """A handler for candidate button ``i`` (Gradio injects the request by annotation, so no lambda)."""
 
@@ -268,11 +285,14 @@ def build_classify_tab(studio: Studio, history: gr.State | None = None) -> Class
         state = {"ids": ids, "sel": sel}
         return [_gallery(studio, ids), state, "\n".join(lines), None]
 
+    pool_at = gr.State(0)  # id of the last image this browser tab opened from the pool: the next click goes on
+
     @guarded
-    def on_pool(state: dict[str, Any]) -> list[Any]:
+    def on_pool(state: dict[str, Any], after: int) -> list[Any]:
+        seen = set(state["ids"])
         with studio.store() as store:
-            rows = store.images(labelled=False, limit=_POOL_PAGE * 4)
-            rows = [r for r in rows if r["id"] not in set(state["ids"]) and r.get("label_kind") is None][:_POOL_PAGE]
+            rows, wrapped = _pool_page(store, int(after or 0), seen)
+            left = store.count_unlabelled()
             if rows and studio.models.version_id is not None:
                 predictions_for(store, studio.models, rows)
         if not rows:
@@ -280,7 +300,10 @@ def build_classify_tab(studio: Studio, history: gr.State | None = None) -> Class
                              f"All {left:,} unlabelled images are already open in this session.")  # fmt: skip
         ids = state["ids"] + [r["id"] for r in rows]
         state = {"ids": ids, "sel": len(state["ids"])}
-        return [_gallery(studio, ids), state, f"Opened {len(rows)} unlabelled image(s) from the store."]
+        text = f"Opened {len(rows)} unlabelled image(s) (#{rows[0]['id']}–#{rows[-1]['id']}); {left:,} unlabelled in all."
+        if wrapped:
+            text = "Reached the last unlabelled image; started again from the oldest not open here. " + text
+        return [_gallery(studio, ids), state, text, rows[-1]["id"]]
 
     @guarded
     def on_select(state: dict[str, Any], evt: gr.SelectData) -> dict[str, Any]:
@@ -332,7 +355,7 @@ def build_classify_tab(studio: Studio, history: gr.State | None = None) -> Class
 
     refresh(upload.upload(on_upload, [upload, session], [gallery, session, report, upload], api_name="ui_upload",
                           api_visibility="private", concurrency_id="model"))  # fmt: skip
-    refresh(pool_btn.click(on_pool, [session], [gallery, session, report], api_name="ui_open_pool",
+    refresh(pool_btn.click(on_pool, [session, pool_at], [gallery, session, report, pool_at], api_name="ui_open_pool",
                            api_visibility="private", concurrency_id="model"))  # fmt: skip
     refresh(clear_btn.click(lambda: (_session(), [], ""), None, [session, gallery, report], api_name="ui_clear",
                             api_visibility="private"))  # fmt: skip

@@ -48,6 +48,9 @@ def header_html(studio: Studio, user: str | None = None, admin: bool = True) -> 
     indexer = studio.embedder.status() if studio.embedder is not None else None
     if indexer is not None and indexer.running:
         pills.append(_pill(f"Embedding images {indexer.embedded}/{indexer.total}", "running"))
+    scorer = studio.scorer.status() if studio.scorer is not None else None
+    if scorer is not None and scorer.running and scorer.version_id == version:
+        pills.append(_pill(f"Scoring images {scorer.scored}/{scorer.total} (v{scorer.version_id})", "running"))
     if job is not None and job["status"] in ("queued", "running"):
         pct = f" {job_fraction(job):.0%}" if job["status"] == "running" else ""
         pills.append(_pill(f"Training job #{job['id']} {job['status']}{pct}", "running"))

@@ -2,8 +2,9 @@
 
 Sort orders: smallest top-1/top-2 margin of a model version (uncertain first), disagreement between that
 version's top-1 and the current label, images marked unsure, how unlike the confirmed images an image is (its
-nearest confirmed image's similarity, lowest first, from the stored frozen embeddings), newest. Predictions of the served version are
-computed for images that have none (bounded per refresh); other versions use their stored predictions.
+nearest confirmed image's similarity, lowest first, from the stored frozen embeddings), unlabelled, newest. Each
+is one indexed, paged query over the stored scores (:mod:`ila_core.ui.queue`), which the background scorer
+fills for the served version after every switch; the page says how many images that version has scored.
 """
 
 from __future__ import annotations
@@ -13,23 +14,24 @@ from typing import Any
 
 import gradio as gr
 
+from ..store import QueuePage
 from .errors import UserFacing, guarded
 from .history import History, action_entry, new_history, pushed
 from .labelling import bulk_relabel, new_event_id, undo
-from .scoring import TopK, margin, predictions_for
+from .queue import queue_page
 from .studio import Studio
 
-__all__ = ["SORTS", "build_review_tab", "review_queue"]
+__all__ = ["SORTS", "build_review_tab", "review_page", "review_queue"]
 
 _logger = logging.getLogger(__name__)
 
 SORTS = {"margin": "Smallest margin (top-1 − top-2)", "disagree": "Model disagrees with label",
-         "unsure": "Marked unsure", "unlike": "Unlike the confirmed images", "newest": "Newest first"}  # fmt: skip
+         "unsure": "Marked unsure", "unlike": "Unlike the confirmed images", "unlabelled": "Unlabelled (oldest first)",
+         "newest": "Newest first"}  # fmt: skip
 ALL = "All"
 SPLITS = {ALL: None, "train": "train", "holdout": "holdout", "pool (unassigned)": "pool"}
 QUEUE_SIZE = 48
 QUEUE_HEADERS = ["Image", "Label", "Model top-1", "Confidence", "Margin", "Split"]
-_SCORE_PER_REFRESH = 256
 
 
 def _version_choices(studio: Studio) -> list[tuple[str, str]]:
@@ -42,65 +44,33 @@ def _version_choices(studio: Studio) -> list[tuple[str, str]]:
     return [("Serving model", "serving"), *choices]
 
 
+def review_page(
+    studio: Studio, *, sort: str, cultivar: str | None, split: str | None, version: str | None,
+    limit: int = QUEUE_SIZE, offset: int = 0,
+) -> tuple[list[dict[str, Any]], QueuePage]:  # fmt: skip
+    """A page of the queue as dicts (``id``, ``row``, ``label``, ``topk``, ``margin``, ``similarity``) and the page.
+
+    One indexed store query (:func:`ila_core.ui.queue.queue_page`); the scores come from the background scorer.
+    """
+    page = queue_page(studio, sort=sort, cultivar=cultivar, split=split, version=version, limit=limit,
+                      offset=offset)  # fmt: skip
+    items = []
+    for it in page.items:
+        label = it.label if it.label_kind == "label" else ("unsure" if it.label_kind == "unsure" else None)
+        row = {"id": it.image_id, "sha256": it.sha256, "rel_path": it.rel_path, "split": it.split}
+        topk = [(it.top1, float(it.top1_prob))] if it.top1 is not None else []
+        items.append({"id": it.image_id, "row": row, "label": label, "topk": topk, "margin": it.margin,
+                      "similarity": it.nearest_similarity})  # fmt: skip
+    return items, page
+
+
 def review_queue(
     studio: Studio, *, sort: str, cultivar: str | None, split: str | None, version: str | None,
-    limit: int = QUEUE_SIZE, progress: Any = None,
+    limit: int = QUEUE_SIZE, offset: int = 0,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """The queue as dicts (``id``, ``row``, ``label``, ``topk``, ``margin``), best candidates first."""
-    if sort not in SORTS:
-        raise UserFacing(f"Unknown sort order {sort!r}.")
-    with studio.store() as store:
-        rows = store.images(split=split)
-        serving = version in (None, "", "serving")
-        version_id = studio.models.version_id if serving else int(version)
-        preds: dict[int, TopK] = {}
-        if serving and version_id is not None:
-            cb = (lambda d, n: progress((d, n), desc="Scoring images with the serving model")) if progress else None
-            _, preds = predictions_for(store, studio.models, rows, limit_compute=_SCORE_PER_REFRESH, on_progress=cb)
-        elif version_id is not None:
-            for row in rows:
-                found = store.latest_prediction(int(row["id"]), version_id)
-                if found is not None:
-                    preds[int(row["id"])] = [(t["label"], float(t["prob"])) for t in found["topk"]]
-    unlike = studio.models.unlikeness_of_stored(rows) if sort == "unlike" and version_id is not None else {}
-    items = []
-    for row in rows:
-        label = (
-            row.get("label")
-            if row.get("label_kind") == "label"
-            else ("unsure" if row.get("label_kind") == "unsure" else None)
-        )
-        topk = preds.get(int(row["id"]), [])
-        top1 = topk[0][0] if topk else None
-        if cultivar and cultivar not in (label, top1):
-            continue
-        item = {
-            "id": int(row["id"]),
-            "row": row,
-            "label": label,
-            "topk": topk,
-            "margin": margin(topk) if topk else None,
-        }
-        if sort == "margin" and not topk:
-            continue
-        if sort == "disagree" and not (topk and label and label != "unsure" and label != top1):
-            continue
-        if sort == "unsure" and label != "unsure":
-            continue
-        if sort == "unlike":
-            if int(row["id"]) not in unlike:
-                continue
-            item["unlike"] = unlike[int(row["id"])]
-        items.append(item)
-    if sort == "margin":
-        items.sort(key=lambda i: (i["margin"], i["id"]))
-    elif sort == "unlike":
-        items.sort(key=lambda i: (i["unlike"].similarity, i["id"]))  # the most unlike first
-    elif sort == "disagree":
-        items.sort(key=lambda i: (-i["topk"][0][1], i["id"]))  # the most confident disagreements first
-    else:
-        items.sort(key=lambda i: -i["id"])
-    return items[:limit]
+    """The queue's items only (see :func:`review_page`), best candidates first."""
+    return review_page(studio, sort=sort, cultivar=cultivar, split=split, version=version, limit=limit,
+                       offset=offset)[0]  # fmt: skip
 
 
 def _detail_row(item: dict[str, Any]) -> list[Any]:
@@ -165,15 +135,20 @@ def build_review_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab, history: gr.S
                 gr.Dropdown(choices=names)]  # fmt: skip
 
     @guarded
-    def on_refresh(how: str, name: str, where: str, ver: str, progress: gr.Progress = gr.Progress()) -> list[Any]:  # noqa: B008
-        items = review_queue(studio, sort=how, cultivar=None if name in (None, ALL) else name,
-                             split=SPLITS.get(where), version=ver, progress=progress)  # fmt: skip
+    def on_refresh(how: str, name: str, where: str, ver: str) -> list[Any]:
+        items, page = review_page(studio, sort=how, cultivar=None if name in (None, ALL) else name,
+                                  split=SPLITS.get(where), version=ver)  # fmt: skip
         with studio.store() as store:
-            thumbs = [(studio.thumbs.get(store.image(i["id"])), _short(i)) for i in items]
+            stored = store.count_images()
+        thumbs = [(studio.thumbs.get(i["row"]), _short(i)) for i in items]
         choices = [(f"#{i['id']}", str(i["id"])) for i in items]
-        note = f"{len(items)} image(s) in the queue." if items else "Nothing to review with these filters."
+        note = (f"Showing {len(items)} of {page.total:,} image(s) in this queue." if items
+                else "Nothing to review with these filters.")  # fmt: skip
         if studio.models.version_id is None:
             note += " No trained model yet: margin and disagreement need one."
+        else:
+            note += f" The model has scored {page.scored:,} of {stored:,} images"
+            note += "." if page.scored >= stored else "; the rest are being scored in the background."
         return [thumbs, [_detail_row(i) for i in items], gr.CheckboxGroup(choices=choices, value=[]),
                 [i["id"] for i in items], note]  # fmt: skip
 
@@ -219,7 +194,8 @@ def build_review_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab, history: gr.S
         [gallery, details, selected, shown, message],
         api_name="ui_review",
         api_visibility="private",
-        concurrency_id="model",
+        concurrency_id="reads",  # one indexed query now, no model work: it no longer waits behind /predict
+        concurrency_limit=4,
     )
     gallery.select(on_pick, [shown, selected], [selected], api_visibility="private", queue=False)
     select_all.click(lambda ids: [str(i) for i in ids], [shown], [selected], api_visibility="private", queue=False)

@@ -37,7 +37,6 @@ _logger = logging.getLogger(__name__)
 
 GRADIO_TMP = "gradio-tmp"  # Gradio's upload/cache folder inside the data dir (GRADIO_TEMP_DIR)
 LOCAL_USER = "local"  # who acts when the app runs without login (loopback only)
-_SCORE_IN_BACKGROUND = 1000  # newest images scored after each model switch
 _SMALL_MODEL_LOCATIONS = {"test_vit": (1, 3)}  # 6-block test model; 12-block ViTs use the method default (3, 7)
 _SERVED_DIRS = ("images", "adapters", "weights", "cache", "exports")  # never served over HTTP
 STALE_JOB_S = 120.0  # a running job without a heartbeat for this long lost its worker (the worker's own limit)
@@ -77,7 +76,8 @@ class Studio:
         self._status = StartupStatus("ready")
         self._lock = threading.Lock()
         self._seeder: threading.Thread | None = None
-        self._scorer: threading.Thread | None = None
+        self._warmer: threading.Thread | None = None  # warms the explanation path after a model switch
+        self.scorer: Any = None  # BackgroundScorer: every stored image scored by the served version
         self.embeddings: Any = None  # the frozen-embedding store, shared by the worker and the background embedder
         self.embedder: Any = None  # BackgroundEmbedder: every stored image embedded once, after import
         self._closed = False
@@ -94,6 +94,7 @@ class Studio:
             fresh = store.count_images() == 0 and not store.jobs(limit=1)
         studio.follow_model()
         studio._start_embedding()
+        studio._start_scoring()
         if studio.options.start_worker:
             studio._start_worker()
         if fresh and studio.options.seed_demo:
@@ -107,9 +108,11 @@ class Studio:
         if self._closed:
             return
         self._closed = True
-        for thread in (self._seeder, self._scorer):
+        for thread in (self._seeder, self._warmer):
             if thread is not None:
                 thread.join(timeout=60)
+        if self.scorer is not None:
+            self.scorer.stop(timeout=30)
         if self.embedder is not None:
             self.embedder.stop(timeout=30)
         if self.worker is not None:
@@ -134,6 +137,19 @@ class Studio:
             self.embedder = BackgroundEmbedder(self.db_path, self.data_dir, self.options.backbone, self.embeddings,
                                                busy=busy)  # fmt: skip
             self.embedder.start()
+
+    def _start_scoring(self) -> None:
+        from ..serving.scorer import BackgroundScorer
+
+        warming = lambda: self._warmer is not None and self._warmer.is_alive()  # noqa: E731
+        # Below interactive work: users' predictions, the warm-up after a switch and training jobs go first.
+        training = lambda: self.worker is not None and self.worker.busy  # noqa: E731
+        busy = lambda: self.models.interactive_busy or warming() or training()  # noqa: E731
+        self.scorer = BackgroundScorer(self.db_path, self.data_dir, predict=self.models.predict_background,
+                                       version=lambda: self.models.version_id,
+                                       similarities=self.models.nearest_similarities, busy=busy)  # fmt: skip
+        if self.options.background_scoring:
+            self.scorer.start()
 
     def _start_worker(self) -> None:
         from ..jobs.worker import Worker
@@ -189,22 +205,19 @@ class Studio:
         changed = self.models.sync() or changed
         if changed and not self._closed:
             with self._lock:
-                if self._scorer is None or not self._scorer.is_alive():
-                    self._scorer = threading.Thread(target=self._score_newest, name="ila-score", daemon=True)
-                    self._scorer.start()
+                if self._warmer is None or not self._warmer.is_alive():
+                    self._warmer = threading.Thread(target=self._warm_after_switch, name="ila-warm", daemon=True)
+                    self._warmer.start()
+            if self.scorer is not None:
+                self.scorer.wake()  # the new version scores every image, after the warm-up
         return changed
 
-    def _score_newest(self) -> None:
-        """Warm the explanation path, then score the newest images, so Classify and Review answer fast."""
-        from .scoring import predictions_for
-
-        self.models.warm_explainer()  # first: a user's first heatmap would otherwise wait for the whole build
+    def _warm_after_switch(self) -> None:
+        """Warm the explanation path, so a user's first heatmap does not wait for the whole build."""
         try:
-            with self.store() as store:
-                rows = store.images()[-_SCORE_IN_BACKGROUND:]
-                predictions_for(store, self.models, rows)
-        except Exception:  # scoring is a convenience; Review computes what is missing on demand
-            _logger.exception("background scoring failed")
+            self.models.warm_explainer()
+        except Exception:  # a convenience: the first explanation builds it otherwise
+            _logger.exception("warming the explanation path failed")
 
     @property
     def status(self) -> StartupStatus:
