@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -66,13 +67,17 @@ def main() -> int:
     finally:
         studio.close()
     kinds = {v["kind"]: v for v in versions}
+    probe_extra = ((kinds.get("probe") or {}).get("manifest") or {}).get("extra") or {}
     result = {
         "benchmark": "bench_first_model",
         "title": "Fresh data directory: seconds until each step (default DINOv2 ViT-S/14, 224 px)",
-        "machine": machine(),
+        "machine": {**machine(), "load_average_1min_at_end": round(os.getloadavg()[0], 1)},  # busy or quiet?
         "rows": [
             {"step": "demo set imported", "seconds": marks.get("seeded")},
-            {"step": "every image embedded (background)", "seconds": marks.get("embedded")},
+            {"step": "every image embedded in the background (it waits while a job runs)",
+             "seconds": marks.get("embedded")},
+            {"step": "the probe's own embedding of what was missing", "seconds": probe_extra.get("embed_seconds")},
+            {"step": "the probe's closed-form fit", "seconds": probe_extra.get("fit_seconds")},
             {"step": "first model served (probe)", "seconds": marks.get("first_model")},
             {"step": "job finished (ILA trained, compared)", "seconds": marks.get("job_done")},
         ],
