@@ -155,9 +155,10 @@ def _shown(page) -> int:
 
 def _check_undo_redo_archive_delete(page, studio) -> None:
     """Z takes back the last action wherever it was and shows that image; Y redoes; archive, undo, delete."""
+    upload = _shown(page)
     page.click("#ila-open-pool")
     page.wait_for_selector("text=unlabelled image(s)")
-    page.wait_for_function(f"() => {_SHOWN} !== {_shown(page)}")  # the first pool image, not the upload
+    page.wait_for_function(f"() => {_SHOWN} !== {upload}")  # the first pool image, not the upload
     page.wait_for_selector("#ila-pick-1:not([disabled])")
     first = _shown(page)
     page.click("#ila-header")
