@@ -43,3 +43,21 @@ def test_a_deleted_image_cannot_be_restored():
     with pytest.raises(ValueError, match="deleted for good"):
         store.restore_image(a, client_event_id="re")
     assert store.archive_state(a)["deleted"] == 1
+
+
+@pytest.mark.parametrize("fmt", ["csv", "labelstudio"])
+def test_an_archived_image_is_left_out_of_label_exports(tmp_path, fmt):
+    """CSV and Label Studio exports list the images still in the store's queues, not the archived one."""
+    from ila_core.data.exporters import export
+    from ila_core.store import DB_NAME
+
+    with LabelStore.open(tmp_path / DB_NAME) as store:
+        kept, gone = _add(store, 10, split="train"), _add(store, 11, split="train")
+        store.record_label(kept, "Birch", client_event_id="k")
+        store.record_label(gone, "Birch", client_event_id="g")
+        store.archive_image(gone, client_event_id="a")
+    out = tmp_path / "out" / ("labels.csv" if fmt == "csv" else "tasks.json")
+    out.parent.mkdir()
+    export(tmp_path, out, fmt=fmt)
+    text = out.read_text()
+    assert "images/10.jpg" in text and "images/11.jpg" not in text
