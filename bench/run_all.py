@@ -17,6 +17,8 @@ SCRIPTS = [  # (module, extra args)
     ("bench.bench_probe", []),
     ("bench.synthetic_probe", ["--data-dir", "data", "--out", "bench/results/synthetic_probe.json"]),
     ("bench.bench_load", []),
+    ("bench.bench_import", []),
+    ("bench.bench_scale", []),  # builds 1k / 10k / 30k stores: a few minutes
     ("bench.bench_first_model", ["--weights-from", "data"]),  # a fresh data dir until the first model serves
     ("bench.bench_recipe", ["--data-dir", "data", "--resume"]),  # tens of minutes on 2 CPU cores
 ]

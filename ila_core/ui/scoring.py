@@ -1,7 +1,9 @@
-"""Top-k predictions of the served version for store images: read the stored ones, compute and store the rest.
+"""Top-k predictions of the served version for a few store images a user is waiting for (an upload, a page of
+the pool): read the stored ones, compute and store the rest.
 
-Predictions are append-only rows per (image, model version); the Review queue sorts by them, the Models tab
-compares two versions with them.
+Predictions are append-only rows per (image, model version), each summarised in ``scores`` (top-1, margin)
+for the Review queues; the Models tab compares two versions with them. Scoring every image is the background
+scorer's work (:mod:`ila_core.serving.scorer`), not this module's.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ def predictions_for(
     rows: Sequence[dict[str, Any]],
     *,
     compute_missing: bool = True,
-    limit_compute: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[int | None, dict[int, TopK]]:
     """Top-k of the served version for each image row (``id``, ``rel_path``, ``sha256``).
@@ -51,7 +52,6 @@ def predictions_for(
         runtime: the serving runtime.
         rows: image rows.
         compute_missing: run the model for images without a stored prediction of this version.
-        limit_compute: at most this many images are run through the model in this call.
         on_progress: called with (done, total) after each computed batch.
 
     Returns:
@@ -70,8 +70,6 @@ def predictions_for(
             missing.append(row)
     if not compute_missing or not missing:
         return version, out
-    if limit_compute is not None:
-        missing = missing[:limit_compute]
     for start in range(0, len(missing), _BATCH):
         batch = missing[start : start + _BATCH]
         images, kept = [], []
