@@ -45,9 +45,9 @@ def _add_images(data_dir: Path, count: int, *, labelled: int = 0) -> list[int]:
     return ids
 
 
-def _click(url: str, index: int, session: str, http: httpx.Client) -> dict:
+def _click(url: str, index: int, session: str, http: httpx.Client, data: list | None = None) -> dict:
     """One click of a private UI event in a fixed browser session (its gr.State values live on the server)."""
-    body = {"data": [None, None], "fn_index": index, "session_hash": session, "event_data": None, "trigger_id": None}
+    body = {"data": data or [None, None], "fn_index": index, "session_hash": session, "event_data": None, "trigger_id": None}
     assert http.post(f"{url.rstrip('/')}/gradio_api/queue/join", json=body, timeout=30).status_code == 200
     with http.stream("GET", f"{url.rstrip('/')}/gradio_api/queue/data", params={"session_hash": session},
                      timeout=30) as r:  # fmt: skip
@@ -75,6 +75,19 @@ def test_open_next_unlabelled_pages_past_96_then_wraps(tmp_path):
         assert not last["success"] and "already open in this session" in json.dumps(last)
         fresh = _click(url, index, uuid.uuid4().hex, http)  # a new browser tab starts at the oldest again
         assert fresh["success"] and "#6–#29" in fresh["output"]["data"][2]
+
+
+def test_review_pages_move_on(tmp_path):
+    """The Review tab's Page box moves the queue on by a page; the note says which page of how many."""
+    data_dir = tmp_path / "data"
+    _add_images(data_dir, 60)
+    options = small_options(start_worker=False, seed_demo=False, background_embedding=False)
+    with launched(data_dir, options) as (_, url, _studio), httpx.Client() as http:
+        index = fn_index(url, "ui_review", http)
+        pages = [_click(url, index, uuid.uuid4().hex, http, ["newest", "All", "All", "serving", n]) for n in (1, 2)]
+    assert all(p["success"] for p in pages), pages
+    notes = [p["output"]["data"][4] for p in pages]
+    assert notes[0].startswith("Page 1 of 2: showing 48 of 60") and notes[1].startswith("Page 2 of 2: showing 12")
 
 
 def test_pool_walk_wraps_to_the_oldest_not_open(tmp_path):

@@ -106,6 +106,7 @@ def build_review_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab, history: gr.S
         cultivar = gr.Dropdown([ALL], value=ALL, label="Cultivar (label or prediction)", scale=2)
         split = gr.Dropdown(list(SPLITS), value=ALL, label="Split", scale=2)
         version = gr.Dropdown([("Serving model", "serving")], value="serving", label="Model version", scale=2)
+        page_no = gr.Number(1, label="Page", precision=0, minimum=1, scale=1, min_width=90, elem_id="ila-review-page")
         refresh = gr.Button("Refresh queue", variant="primary", scale=1, min_width=140, elem_id="ila-review-refresh")
     with gr.Row(equal_height=False):
         with gr.Column(scale=7):
@@ -135,14 +136,17 @@ def build_review_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab, history: gr.S
                 gr.Dropdown(choices=names)]  # fmt: skip
 
     @guarded
-    def on_refresh(how: str, name: str, where: str, ver: str) -> list[Any]:
+    def on_refresh(how: str, name: str, where: str, ver: str, number: float | None) -> list[Any]:
+        number = max(1, int(number or 1))
         items, page = review_page(studio, sort=how, cultivar=None if name in (None, ALL) else name,
-                                  split=SPLITS.get(where), version=ver)  # fmt: skip
+                                  split=SPLITS.get(where), version=ver, offset=(number - 1) * QUEUE_SIZE)  # fmt: skip
         with studio.store() as store:
             stored = store.count_images()
         thumbs = [(studio.thumbs.get(i["row"]), _short(i)) for i in items]
         choices = [(f"#{i['id']}", str(i["id"])) for i in items]
-        note = (f"Showing {len(items)} of {page.total:,} image(s) in this queue." if items
+        pages = max(1, -(-page.total // QUEUE_SIZE))
+        note = (f"Page {number} of {pages}: showing {len(items)} of {page.total:,} image(s) in this queue." if items
+                else f"This queue holds {page.total:,} image(s) ({pages} page(s))." if page.total
                 else "Nothing to review with these filters.")  # fmt: skip
         if studio.models.version_id is None:
             note += " No trained model yet: margin and disagreement need one."
@@ -190,7 +194,7 @@ def build_review_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab, history: gr.S
     tab.select(load_filters, None, filters, api_visibility="private", queue=False)
     refresh.click(load_filters, None, filters, api_visibility="private", queue=False).then(
         on_refresh,
-        [sort, cultivar, split, version],
+        [sort, cultivar, split, version, page_no],
         [gallery, details, selected, shown, message],
         api_name="ui_review",
         api_visibility="private",
