@@ -118,6 +118,7 @@ class ExplanationsMixin:
         """
         from ...explain import explain
 
+        served = None
         try:
             served = self._served()
             side = int(served.built.backbone.image_size)
@@ -128,8 +129,8 @@ class ExplanationsMixin:
                     explain(model, x, method="gradcam")
         except UserFacing:
             return False
-        except Exception:  # a convenience: the real request reports its own error
-            _logger.exception("warming the explanation path failed")
+        except Exception as exc:  # a convenience: the real request reports its own error, so no traceback here
+            _logger.info("explanation path not warmed (version %s): %s", getattr(served, "version_id", None), exc)
             return False
         return True
 
