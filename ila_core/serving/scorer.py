@@ -130,7 +130,13 @@ class BackgroundScorer:
             self._status = ScorerStatus(None, 0, 0, False)
             return 0
         with LabelStore.open(self.db_path, quick_check=False) as store:
-            total, scored = store.count_images(), store.count_scored(version)
+            # One indexed row says whether there is work; the counts (a scan each) only when there is.
+            idle = not store.unscored_images(version, after_id=self._after.get(version, 0), limit=1)
+            if not idle or self._status.version_id != version:
+                total, scored = store.count_images(), store.count_scored(version)
+        if idle and self._status.version_id == version:
+            self._fill_similarities(version, force=False)
+            return 0
         self._status = ScorerStatus(version, scored, total, scored < total)
         computed = 0
         try:

@@ -150,8 +150,8 @@ class ModelRuntime(ExplanationsMixin, ExemplarsMixin):
 
     def nearest_similarities(self, rows: Sequence[dict[str, Any]]) -> dict[int, float]:
         """Nearest-confirmed similarity of stored images (``id``, ``sha256``) that have a stored embedding."""
-        if self.predictor.current is None:
-            return {}
+        if self.predictor.current is None or not len(self.confirmed_index()):
+            return {}  # nothing confirmed yet: unknown (NULL), filled in once there is
         return {i: u.similarity for i, u in self.unlikeness_of_stored(rows).items()}
 
     def predict_with(
