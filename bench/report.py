@@ -14,6 +14,7 @@ from bench.common import RESULTS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+_OWN_SECTION = {"recipe"}  # rendered with its reading in the README's "Quick recipe study" subsection
 
 
 def _latency(data: dict) -> list[str]:
@@ -40,7 +41,7 @@ def _generic(name: str, data: dict) -> list[str]:
     keys = [k for k in rows[0] if not isinstance(rows[0][k], (dict, list)) and k not in ("title", "benchmark")]
     out = [f"**{data.get('title', name)}**:", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
-        out.append("| " + " | ".join(str(r.get(k, "")) for k in keys) + " |")
+        out.append("| " + " | ".join("—" if r.get(k) is None else str(r.get(k, "")) for k in keys) + " |")
     return out
 
 
@@ -48,6 +49,8 @@ def render() -> str:
     """Markdown for every result file, latency first."""
     parts: list[str] = []
     for path in sorted(RESULTS.glob("*.json"), key=lambda p: (not p.stem.startswith("latency"), p.stem)):
+        if path.stem in _OWN_SECTION:
+            continue
         data = json.loads(path.read_text())
         lines = _latency(data) if path.stem.startswith("latency") else _generic(path.stem, data)
         if lines:
