@@ -10,6 +10,7 @@ is compared with before it may be served.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,7 +50,8 @@ class ProbeRun:
 
     def extra(self) -> dict[str, Any]:
         """What the manifest records about the fit."""
-        return {"kind": "probe", "alpha": self.fit.alpha, "cv_top1": self.fit.cv_top1,
+        cv = self.fit.cv_top1
+        return {"kind": "probe", "alpha": self.fit.alpha, "cv_top1": None if math.isnan(cv) else cv,  # JSON has no NaN
                 "temperature": self.fit.temperature, "embed_seconds": round(self.embed_seconds, 2),
                 "fit_seconds": round(self.fit_seconds, 3)}  # fmt: skip
 

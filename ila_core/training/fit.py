@@ -10,6 +10,7 @@ beside it, and their public names are importable from here too.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -214,7 +215,8 @@ def fit(
         if stop():
             stopped, metrics = True, None
     model.eval()
-    head = None if head_fit is None else {"alpha": head_fit.alpha, "cv_top1": head_fit.cv_top1}
+    head = None if head_fit is None else {"alpha": head_fit.alpha,
+                                          "cv_top1": None if math.isnan(head_fit.cv_top1) else head_fit.cv_top1}
     return FitResult(metrics=metrics, epochs=len(history), steps=global_step, stopped=stopped,
                      seconds=time.perf_counter() - start, history=history,
                      cache_stats=cache.stats() if inputs.cached and cache is not None else {},
