@@ -15,6 +15,8 @@ __all__ = ["DurableFiles", "atomic_write", "fsync_dir", "sha256_file"]
 
 _logger = logging.getLogger(__name__)
 
+_SYNCFS_FROM = 8  # files per batch from which one syncfs(2) beats an fsync of each file and folder
+
 
 def fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable; silently skipped where directories cannot be fsynced."""
@@ -57,8 +59,8 @@ class DurableFiles:
     """Files published now (temp file, ``os.replace``) and made durable together by :meth:`sync`.
 
     A batch of small files costs one flush instead of two fsyncs each: on Linux ``syncfs(2)`` of the filesystem
-    (which, unlike POSIX ``sync``, waits for the writes and reports their errors), elsewhere an fsync of each file
-    and then of each folder once. Until :meth:`sync` returns, a crash may leave a new file empty or short, so
+    (which, unlike POSIX ``sync``, waits for the writes and reports their errors), for a few files or elsewhere an
+    fsync of each file and then of each folder once. Until :meth:`sync` returns, a crash may leave a new file empty or short, so
     callers record a file (a database row) only after it, and rewrite an existing file that no row names (the
     importer does: content-addressed names make the next import of the same bytes replace it whole).
     """
@@ -113,7 +115,9 @@ class DurableFiles:
         if not paths:
             return
         folders = list(dict.fromkeys(p.parent for p in paths))
-        if _syncfs(folders[0]) and all(f.stat().st_dev == folders[0].stat().st_dev for f in folders):
+        # A few files: their own fsyncs are cheaper than flushing whatever else the filesystem holds dirty.
+        one_device = all(f.stat().st_dev == folders[0].stat().st_dev for f in folders)
+        if len(paths) >= _SYNCFS_FROM and one_device and _syncfs(folders[0]):
             return
         for path in paths:
             fd = os.open(path, os.O_RDONLY)
