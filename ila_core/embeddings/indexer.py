@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ..config import BackboneConfig
 from ..store import LabelStore
 from ..training.dataset import Sample, image_path
@@ -79,6 +81,9 @@ class BackgroundEmbedder:
             self._thread.join(timeout)
 
     def _loop(self) -> None:
+        # One intra-op thread for this thread only (OpenMP's setting is per thread): it leaves a core to the
+        # request threads, and on a loaded 2-core box one thread runs faster than two fighting for cores.
+        torch.set_num_threads(1)
         while not self._stop.is_set():
             try:
                 self.run_once()
