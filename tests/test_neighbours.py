@@ -57,3 +57,14 @@ def test_near_duplicates_are_named():
     assert copy.near_duplicate is not None and copy.near_duplicate.image_id == 3
     other = index.unlikeness(normalise_rows(rows[3:4], 16)[0], exclude=3)  # itself excluded: its cluster mates
     assert other.near_duplicate is None
+
+
+def test_calibration_on_a_sample_matches_the_full_leave_one_out():
+    """Above the sample size the threshold comes from a sample of confirmed images and stays close to the full one."""
+    rows, labels = _clusters(n_per=1000, noise=2.0)  # 3,000 confirmed images
+    index = ConfirmedIndex.build(list(range(len(labels))), labels, [""] * len(labels), rows, 16)
+    sims = index.vectors @ index.vectors.T
+    sims.fill_diagonal_(-2.0)
+    best = sims.max(dim=1).values
+    assert abs(index.judge(0.0).threshold - float(torch.quantile(best, 0.02))) < 0.02
+    assert abs(index.judge(0.0).typical - float(best.median())) < 0.01

@@ -23,6 +23,7 @@ __all__ = ["Neighbour", "Unlikeness", "ConfirmedIndex", "normalise_rows"]
 
 _QUANTILE = 0.02  # confirmed images this unlike their nearest neighbour are rare: below it, warn
 _MIN_FOR_CALIBRATION = 8
+_CALIBRATION_SAMPLE = 2048  # confirmed images whose nearest other confirmed image calibrates the threshold
 NEAR_DUPLICATE = 0.98  # mean cosine of both halves: re-encodings and crops of one photo, not two leaves
 
 
@@ -109,12 +110,14 @@ class ConfirmedIndex:
         n = len(self.ids)
         if n < _MIN_FOR_CALIBRATION:
             return None, None
-        best = torch.empty(n)
-        for start in range(0, n, 4096):  # blocks keep the n x n similarity matrix out of memory
-            sims = self.vectors[start : start + 4096] @ self.vectors.T
-            rows = torch.arange(sims.shape[0])
-            sims[rows, rows + start] = -2.0  # not itself
-            best[start : start + sims.shape[0]] = sims.max(dim=1).values
+        # The quantiles need a sample of leave-one-out similarities, not all n of them: an n x n product would
+        # make every rebuild (each new label) cost seconds at tens of thousands of confirmed images.
+        picked = torch.arange(n)
+        if n > _CALIBRATION_SAMPLE:
+            picked = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:_CALIBRATION_SAMPLE]
+        sims = self.vectors[picked] @ self.vectors.T
+        sims[torch.arange(len(picked)), picked] = -2.0  # not itself
+        best = sims.max(dim=1).values
         return float(torch.quantile(best, _QUANTILE)), float(best.median())
 
     def _similarities(self, query: torch.Tensor, exclude: int | None) -> torch.Tensor:
