@@ -6,6 +6,7 @@ last label event at enqueue time, CON-09). The store allows one queued or runnin
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -83,9 +84,15 @@ def enqueue_training(store: LabelStore, *, user: str | None = None, **params: An
 
 
 def _depth(backbone: BackboneConfig) -> int:
-    """Number of blocks of the backbone, from a weightless build on the meta device."""
+    return _depth_of(backbone.name)
+
+
+@functools.lru_cache(maxsize=16)
+def _depth_of(name: str) -> int:
+    """Number of blocks of a timm ViT, from a weightless build on the meta device (once per name: every Retrain
+    click and every job parses its parameters)."""
     import timm
     import torch
 
     with torch.device("meta"):
-        return len(timm.create_model(backbone.name, pretrained=False, num_classes=0).blocks)
+        return len(timm.create_model(name, pretrained=False, num_classes=0).blocks)

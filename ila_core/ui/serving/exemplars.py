@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -53,20 +52,17 @@ class ExemplarsMixin:
                 self._embedder, self._embedder_backbone = embedder, served.built.backbone
             return self._embedder
 
-    def embed(self, images: dict[str, Image.Image]) -> dict[str, np.ndarray]:
-        """Normalised ``[CLS ‖ mean patch]`` rows by sha256 key, from the store (missing ones computed and stored)."""
+    def _query_vector(self, image: Image.Image, key: str) -> torch.Tensor:
+        """The normalised ``[CLS ‖ mean patch]`` row of one image: stored, or computed now and stored."""
         embedder = self._query_embedder()
-        keys = list(images)
         namespace = embedder.namespace(0)
-        mask, rows = self.embeddings.get(namespace, keys)
-        missing = [k for k, hit in zip(keys, mask, strict=True) if not hit]
-        found: dict[str, torch.Tensor] = {k: rows[i] for i, k in enumerate(keys) if mask[i]} if rows is not None else {}
-        if missing:
-            computed = embedder.compute([images[k] for k in missing], 0)
-            self.embeddings.put(namespace, missing, computed)
-            found.update({k: computed[i] for i, k in enumerate(missing)})
-        stacked = normalise_rows(torch.stack([found[k].float() for k in keys]), embedder.dim)
-        return {k: stacked[i].numpy() for i, k in enumerate(keys)}
+        mask, rows = self.embeddings.get(namespace, [key])
+        if mask[0]:
+            row = rows[0:1]
+        else:
+            row = embedder.compute([image], 0)
+            self.embeddings.put(namespace, [key], row)
+        return normalise_rows(row, embedder.dim)[0]
 
     def confirmed_index(self) -> ConfirmedIndex:
         """Every confirmed image's embedding with its label (rebuilt when labels or images changed)."""
@@ -92,13 +88,13 @@ class ExemplarsMixin:
         exclude_image: int | None = None,
     ) -> list[Exemplar]:  # fmt: skip
         """The confirmed images of each candidate cultivar closest to ``query`` (best first per cultivar)."""
-        q = torch.from_numpy(self.embed({query_key: query})[query_key])
+        q = self._query_vector(query, query_key)
         found = self.confirmed_index().nearest(q, cultivars, per_cultivar=per_cultivar, exclude=exclude_image)
         return [Exemplar(n.image_id, n.label, n.similarity, n.rel_path) for n in found]
 
     def unlikeness(self, query: Image.Image, query_key: str, *, exclude_image: int | None = None) -> Unlikeness:
         """How unlike the store's confirmed images ``query`` is, calibrated on those images."""
-        q = torch.from_numpy(self.embed({query_key: query})[query_key])
+        q = self._query_vector(query, query_key)
         return self.confirmed_index().unlikeness(q, exclude=exclude_image)
 
     def unlikeness_of_stored(self, rows: Sequence[dict[str, Any]]) -> dict[int, Unlikeness]:
