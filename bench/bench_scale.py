@@ -87,11 +87,8 @@ class _Studio:
 
     @contextlib.contextmanager
     def store(self) -> Iterator[LabelStore]:
-        store = LabelStore.open(self.db_path, quick_check=False)
-        try:
+        with LabelStore.open(self.db_path, quick_check=False) as store:
             yield store
-        finally:
-            store.close()
 
 
 def time_handlers(work: Path, n: int, repeats: int) -> dict:

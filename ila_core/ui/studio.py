@@ -229,11 +229,8 @@ class Studio:
     @contextmanager
     def store(self) -> Iterator[LabelStore]:
         """A store connection for this call only (opened and closed on the calling thread)."""
-        store = LabelStore.open(self.db_path, quick_check=False)
-        try:
+        with LabelStore.open(self.db_path, quick_check=False) as store:
             yield store
-        finally:
-            store.close()
 
     def username(self, request: gr.Request | None) -> str:
         """Who is calling: the login name, or ``local`` when the app runs without login."""
