@@ -48,7 +48,9 @@ def test_probe_is_published_and_served_before_ila_trains(data_dir):
     outcome = worker.run_once()
     assert outcome.status == "succeeded"
     kinds = [v["kind"] for v in outcome.versions]
-    assert kinds == ["probe", "ila"]
+    assert kinds == ["probe", "ila", "ila"]  # the probe, the step-0 network (LP-FT head), the trained network
+    assert outcome.versions[1]["steps"] == 0 and "step 0" in outcome.versions[1]["note"]
+    assert outcome.versions[2]["steps"] > 0
     probe = outcome.versions[0]
     assert probe["promoted"] and promoted[0] == probe["version_id"]  # the first model serves
     first_promotion = next(i for i, e in enumerate(events) if e["kind"] == "promoted")
@@ -57,7 +59,8 @@ def test_probe_is_published_and_served_before_ila_trains(data_dir):
     with LabelStore.open(data_dir / "ila.db") as store:
         rows = {v["id"]: v for v in store.model_versions()}
         active = store.active_version()
-    assert rows[probe["version_id"]]["kind"] == "probe" and rows[outcome.versions[1]["version_id"]]["kind"] == "ila"
+    assert rows[probe["version_id"]]["kind"] == "probe" and rows[outcome.versions[2]["version_id"]]["kind"] == "ila"
+    assert rows[outcome.versions[1]["version_id"]]["manifest"]["extra"]["stage"] == "start"
     assert all(rows[v["version_id"]]["note"] for v in outcome.versions)  # every version says why (not) served
     assert outcome.serving["version_id"] == active["id"]
     assert rows[probe["version_id"]]["manifest"]["extra"]["kind"] == "probe"
@@ -74,7 +77,7 @@ def test_chance_level_ila_is_never_promoted_over_the_probe(data_dir, monkeypatch
         return dataclasses.replace(result, metrics=chance)
 
     monkeypatch.setattr(runner_module, "fit", bad_fit)
-    _enqueue(data_dir)
+    _enqueue(data_dir, publish_start=False)
     outcome = Worker(data_dir, progress_interval_s=0).run_once()
     probe, ila = outcome.versions
     with LabelStore.open(data_dir / "ila.db") as store:
@@ -84,6 +87,29 @@ def test_chance_level_ila_is_never_promoted_over_the_probe(data_dir, monkeypatch
     assert active["id"] == probe["version_id"] and not ila["promoted"]
     assert kept["status"] == "candidate" and "below the probe" in kept["note"]
     assert outcome.serving["kind"] == "probe" and outcome.serving["version_id"] == probe["version_id"]
+
+
+def test_trained_network_must_match_the_step_zero_network(data_dir, monkeypatch):
+    """A trained version worse than the job's own starting point (LP-FT head, untrained adapters) is not served."""
+    real_fit = runner_module.fit
+    seen = {}
+
+    def worse_than_start(*args, **kwargs):
+        on_start = kwargs["on_start"]
+        kwargs["on_start"] = lambda m: (seen.setdefault("start", m), on_start(m))
+        result = real_fit(*args, **kwargs)
+        start = seen["start"]
+        worse = EvalMetrics(count=start.count, loss=start.loss + 1.0, top1=max(start.top1 - 1 / 9, 0.0), top5=1.0,
+                            macro_f1=max(start.macro_f1 - 0.1, 0.0))  # fmt: skip
+        return dataclasses.replace(result, metrics=worse)
+
+    monkeypatch.setattr(runner_module, "fit", worse_than_start)
+    _enqueue(data_dir, probe=False)  # no probe: the step-0 network is the first version and serves
+    outcome = Worker(data_dir, progress_interval_s=0).run_once()
+    start, trained = outcome.versions
+    assert start["steps"] == 0 and start["promoted"]
+    assert not trained["promoted"] and "step-0 network" in trained["note"] and "below" in trained["note"]
+    assert outcome.serving["version_id"] == start["version_id"]
 
 
 def test_probe_only_job(data_dir):
@@ -104,7 +130,8 @@ def test_train_json_contract_and_eval(data_dir, capsys):
                  "--no-progress", "--json"])  # fmt: skip
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and out["status"] == "succeeded"
-    assert [v["kind"] for v in out["versions"]] == ["probe", "ila"]
+    assert [v["kind"] for v in out["versions"]] == ["probe", "ila", "ila"]
+    assert [v["steps"] > 0 for v in out["versions"]] == [False, False, True]
     assert all({"version_id", "kind", "metrics", "promoted"} <= set(v) for v in out["versions"])
     serving = [v for v in out["versions"] if v["version_id"] == out["model_version"]]
     assert serving and out["metrics"]["top1"] == pytest.approx(serving[0]["metrics"]["top1"])

@@ -41,9 +41,11 @@ def _enqueue(data_dir: Path, **train) -> int:
     train = {"epochs": 2, "batch_size": 8, "warmup_steps": 2, **train}
     method = train.pop("method_overrides", {"ds_locations": (1, 3)})
     probe = train.pop("probe", False)  # these tests are about the trained stage; the probe stage has its own below
+    start = train.pop("publish_start", False)  # likewise the step-0 version (tests/test_retrain_flow.py)
     variant = train.pop("variant", "ila")
     with LabelStore.open(data_dir / "ila.db") as store:
-        return enqueue_training(store, variant=variant, backbone=TINY, method_overrides=method, probe=probe, **train)
+        return enqueue_training(store, variant=variant, backbone=TINY, method_overrides=method, probe=probe,
+                                publish_start=start, **train)  # fmt: skip
 
 
 def _job(data_dir: Path, job_id: int) -> dict:
@@ -151,7 +153,8 @@ def test_error_in_epoch_one_fails_the_job(data_dir, monkeypatch):
 
 def test_nan_loss_fails_the_job(data_dir):
     """A diverging run (huge lr -> non-finite loss) fails with a clear message, nothing published."""
-    job_id = _enqueue(data_dir, lr=1e30, warmup_steps=0, clip_grad=None)
+    # a random head: with the LP-FT head the toy cultivars can sit at zero loss, which a huge step keeps finite
+    job_id = _enqueue(data_dir, lr=1e30, warmup_steps=0, clip_grad=None, lp_init=False)
     outcome = Worker(data_dir).run_once()
     assert outcome.status == "failed" and "loss is" in _job(data_dir, job_id)["message"]
 

@@ -28,6 +28,7 @@ def job_params(
     backbone: BackboneConfig | None = None,
     method_overrides: Mapping[str, Any] | None = None,
     probe: bool = True,
+    publish_start: bool = True,
     **train_overrides: Any,
 ) -> dict[str, Any]:
     """JSON-ready parameters of a training job, validated now (ValueError) rather than in the worker.
@@ -38,6 +39,8 @@ def job_params(
         backbone: defaults to the shipped DINOv2 ViT-S/14 at 224 px.
         method_overrides: fields of the method config (e.g. ``{"ds_locations": [1, 3]}`` for a 6-block ViT).
         probe: publish a probe version first (seconds), the floor the trained version must beat to be served.
+        publish_start: with an LP-FT recipe (``lp_init``), also publish the network as training starts (closed-form
+            head, adapters untrained): a second floor the trained version must match to be served.
         **train_overrides: :class:`TrainConfig` fields (``epochs=5``, ``minutes=2``); None values are ignored.
     """
     b = backbone or BackboneConfig()
@@ -45,6 +48,7 @@ def job_params(
         "variant": variant,
         "preset": preset_name,
         "probe": bool(probe) or variant == "probe",
+        "publish_start": bool(publish_start),
         "method_overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in (method_overrides or {}).items()},
         "train": {k: v for k, v in train_overrides.items() if v is not None},
         "backbone": {"name": b.name, "image_size": b.image_size, "weights": b.weights,

@@ -202,7 +202,7 @@ def _metrics_json(metrics: Any) -> dict[str, Any]:
 
 def _publish(store: LabelStore, data_dir: Path, rep: _Reporter, row: dict[str, Any], built: Any, data: TrainingSet,
              metrics: dict[str, Any], *, kind: str, rivals: list[Rival], train_config: dict[str, Any],
-             extra: dict[str, Any]) -> tuple[dict[str, Any], Decision]:  # fmt: skip
+             extra: dict[str, Any], note: str = "") -> tuple[dict[str, Any], Decision]:  # fmt: skip
     """Publish one version, decide whether it is served, record the decision; the version's summary row."""
     job_id, snap = int(row["id"]), int(row["snapshot_event_id"])
     active = store.active_version()
@@ -215,12 +215,12 @@ def _publish(store: LabelStore, data_dir: Path, rep: _Reporter, row: dict[str, A
     if decision.promote:
         promote(store, version_id, user=row.get("user") or "auto")
         rep.emit({"kind": "promoted", "job_id": job_id, "version_id": version_id})
-    store.set_version_note(version_id, decision.reason)
+    store.set_version_note(version_id, note + decision.reason)
     summary = {k: metrics[k] for k in ("top1", "top5", "macro_f1", "loss", "count") if k in metrics}
     store.log_job_metrics(job_id, step=int(extra.get("steps", 0)), epoch=extra.get("epochs"),
                           values={"phase": "holdout", "kind": kind, **summary, "version_id": version_id})  # fmt: skip
-    return {"version_id": version_id, "kind": kind, "metrics": summary, "promoted": decision.promote,
-            "note": decision.reason}, decision  # fmt: skip
+    return {"version_id": version_id, "kind": kind, "steps": int(extra.get("steps", 0)), "metrics": summary,
+            "promoted": decision.promote, "note": note + decision.reason}, decision  # fmt: skip
 
 
 def _start_rival(store: LabelStore, data: TrainingSet, data_dir: Path) -> Rival | None:
@@ -284,8 +284,14 @@ def _train_job(store: LabelStore, row: dict[str, Any], data_dir: Path, rep: _Rep
         except ValueError as exc:
             _logger.info("not sharing backbone tensors: %s", exc)
     rep.beat()
+    kind = "ila" if variant.startswith("ila") else "baseline"
+    rivals = [r for r in (probe_rival, start_rival) if r is not None]
+    on_start = None
+    if leader and params.get("publish_start", True):
+        on_start = _start_publisher(store, data_dir, rep, row, built, data, key, kind, rivals, published, weak,
+                                    config.to_dict())  # fmt: skip
     result = fit(built, data, config, cache=cache, should_stop=rep.should_stop, on_progress=rep.progress,
-                 on_epoch=rep.epoch, dist=dist)  # fmt: skip
+                 on_epoch=rep.epoch, dist=dist, on_start=on_start)  # fmt: skip
     if not leader:  # followers train; rank 0 evaluates the reduced counts and publishes
         return RunOutcome(job_id, "succeeded", metrics=_metrics_json(result.metrics), epochs=result.epochs)
     if rep.lost or result.stopped:
@@ -296,8 +302,6 @@ def _train_job(store: LabelStore, row: dict[str, Any], data_dir: Path, rep: _Rep
     metrics = {**_metrics_json(result.metrics), "holdout_key": key}
     warnings = (*weak, *(w for w in (result.shortfall(),) if w))
     rep.note_warnings(warnings)
-    kind = "ila" if variant.startswith("ila") else "baseline"
-    rivals = [r for r in (probe_rival, start_rival) if r is not None]
     entry, _ = _publish(store, data_dir, rep, row, built, data, metrics, kind=kind, rivals=rivals,
                         train_config=config.to_dict(),
                         extra={"epochs": result.epochs, "steps": result.steps,
@@ -307,6 +311,30 @@ def _train_job(store: LabelStore, row: dict[str, Any], data_dir: Path, rep: _Rep
     published.append(entry)
     return _finished(job_id, published, warnings, metrics=metrics, epochs=result.epochs,
                      serving=_serving(store, published, start_rival))  # fmt: skip
+
+
+def _start_publisher(store: LabelStore, data_dir: Path, rep: _Reporter, row: dict[str, Any], built: Any,
+                     data: TrainingSet, key: Any, kind: str, rivals: list[Rival], published: list[dict[str, Any]],
+                     weak: tuple[str, ...], train_config: dict[str, Any]) -> Callable[[Any], None]:  # fmt: skip
+    """A callback for ``fit(on_start=...)``: publish the network as training starts (LP-FT head, adapters at init).
+
+    The recipe study found this starting point (the late DS shortcut with a closed-form head) as good on unseen
+    cultivars as the trained network at the quick budget, so it competes under the same rule as every version,
+    and it becomes a rival the trained version must match before it is served.
+    """
+
+    def publish_start(start_metrics: Any) -> None:
+        if rep.lost:
+            return
+        metrics = {**_metrics_json(start_metrics), "holdout_key": key}
+        entry, _ = _publish(store, data_dir, rep, row, built, data, metrics, kind=kind, rivals=list(rivals),
+                            train_config=train_config,
+                            extra={"steps": 0, "epochs": 0, "stage": "start", "warnings": list(weak)},
+                            note="closed-form head on the untrained adapters (step 0); ")  # fmt: skip
+        published.append(entry)
+        rivals.append(Rival(f"the step-0 network (version {entry['version_id']})", metrics))
+
+    return publish_start
 
 
 def _serving(store: LabelStore, published: list[dict[str, Any]], start_rival: Rival | None) -> dict[str, Any] | None:

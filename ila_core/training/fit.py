@@ -130,6 +130,7 @@ def fit(
     on_progress: Callback | None = None,
     on_epoch: Callback | None = None,
     dist: DistContext | None = None,
+    on_start: Callable[[EvalMetrics], None] | None = None,
 ) -> FitResult:
     """Train ``built.model``'s adapters and head on ``data.train``, then evaluate once on ``data.holdout``.
 
@@ -142,6 +143,9 @@ def fit(
         on_progress: gets ``{phase, epoch, step, total_steps, loss, lr, eta_s}`` as training goes.
         on_epoch: gets one row per pass over the training set (``epoch, loss, lr, seconds, steps``).
         dist: rank and world size under DistributedDataParallel (the process group must be initialised).
+        on_start: with ``lp_init``, gets the holdout metrics of the starting network (closed-form head, adapters
+            untrained) before the first step, while ``built.model`` is still in that state, so a job can keep
+            it as a version of its own. Not called under DDP or without holdout images.
     """
     start = time.perf_counter()
     stop = should_stop or (lambda: False)
@@ -159,6 +163,11 @@ def fit(
         progress({"phase": "head", "step": 0, "total_steps": 1})
         head_fit = init_head_closed_form(inputs.net, model.get_classifier(), inputs.views, len(data.class_names),
                                          device=device, seed=config.seed, should_stop=stop)  # fmt: skip
+        if on_start is not None and head_fit is not None and dist is None and len(inputs.holdout) > 0:
+            start_metrics = _evaluate(inputs.net, inputs.holdout, None, data.class_names, config, device, None,
+                                      inputs.workers, config.amp and device.type == "cuda", stop, progress)  # fmt: skip
+            if not stop():
+                on_start(start_metrics)
 
     net, sampler, eval_sampler = _distribute(inputs.net, inputs.train, inputs.holdout, dist, device, config.seed)
     world = dist.world_size if dist else 1
