@@ -61,3 +61,57 @@ def test_an_archived_image_is_left_out_of_label_exports(tmp_path, fmt):
     export(tmp_path, out, fmt=fmt)
     text = out.read_text()
     assert "images/10.jpg" in text and "images/11.jpg" not in text
+
+
+def test_dropping_embeddings_removes_every_row_of_an_image(tmp_path):
+    """drop() rewrites each shard without the image's rows, in every namespace; a fresh store finds none."""
+    import torch
+
+    from ila_core.embeddings import EmbeddingStore
+
+    a, b, c = (f"{n:064x}" for n in (1, 2, 3))
+    store = EmbeddingStore(tmp_path)
+    store.put("backbone-x/view0", [a, b], torch.ones(2, 4))
+    store.put("backbone-x/view1", [a], torch.full((1, 4), 2.0))
+    store.put("backbone-x/view1", [c], torch.full((1, 4), 3.0))
+    assert store.get("backbone-x/view0", [a])[0] == [True]  # loaded in memory before the drop
+    assert store.drop([a]) == 2
+    for fresh in (store, EmbeddingStore(tmp_path)):
+        assert fresh.get("backbone-x/view0", [a, b])[0] == [False, True]
+        mask, rows = fresh.get("backbone-x/view1", [a, c])
+        assert mask == [False, True] and rows[1, 0].item() == 3.0
+    assert store.drop([a]) == 0
+    memory = EmbeddingStore()
+    memory.put("n", [a], torch.ones(1, 2))
+    assert memory.drop([a]) == 1 and memory.get("n", [a])[0] == [False]
+
+
+def test_deleting_an_image_for_good_drops_its_embeddings(tmp_path):
+    """The admin delete takes the file, the thumbnail and the frozen embeddings (no exemplar can show it again)."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import torch
+
+    from ila_core.embeddings import EmbeddingStore
+    from ila_core.ui.removal import delete_image_file
+
+    db = tmp_path / "ila.db"
+    (tmp_path / "images").mkdir()
+    with LabelStore.open(db) as store:
+        a, b = _add(store, 1, split="train"), _add(store, 2, split="train")
+    (tmp_path / "images" / "1.jpg").write_bytes(b"x")
+    embeddings = EmbeddingStore(tmp_path / "cache" / "embeddings")
+    embeddings.put("ns", [f"{1:064x}", f"{2:064x}"], torch.ones(2, 3))
+    forgotten = []
+    studio = SimpleNamespace(
+        data_dir=tmp_path, embeddings=embeddings, thumbs=SimpleNamespace(forget=forgotten.append),
+        require_admin=lambda request, what: "admin",
+        store=lambda: contextlib.closing(LabelStore.open(db)),
+    )  # fmt: skip
+    assert "deleted for good" in delete_image_file(studio, a, None)
+    assert not (tmp_path / "images" / "1.jpg").exists() and forgotten == [f"{1:064x}"]
+    fresh = EmbeddingStore(tmp_path / "cache" / "embeddings")
+    assert fresh.get("ns", [f"{1:064x}", f"{2:064x}"])[0] == [False, True]
+    with LabelStore.open(db) as store:
+        assert store.archive_state(a)["deleted"] == 1 and store.archive_state(b) is None

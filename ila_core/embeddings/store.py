@@ -189,6 +189,51 @@ class EmbeddingStore:
                 self.memory_bytes -= rows.numel() * rows.element_size()
         space.index = {sha: (name, i) for i, sha in enumerate(shas)}
 
+    def drop(self, sha256s: Sequence[str]) -> int:
+        """Remove every row of ``sha256s`` in every namespace (an image deleted for good); the number removed.
+
+        Each shard holding one of them is rewritten without those rows (the new file is durable before the
+        old one goes), so a fresh store over the same folder finds none of them.
+        """
+        doomed = set(sha256s)
+        removed = 0
+        with self._lock:
+            for space in self._spaces.values():
+                removed += sum(space.memory_only.pop(sha, None) is not None for sha in doomed)
+            if self.directory is None or not self.directory.is_dir() or not doomed:
+                return removed
+            wanted = [_sha_bytes(sha) for sha in doomed]
+            for folder in sorted(d for d in self.directory.iterdir() if d.is_dir()):
+                label = folder / "NAMESPACE"
+                namespace = label.read_text().strip() if label.is_file() else folder.name
+                for path in sorted(folder.glob("*.safetensors")):
+                    removed += self._drop_rows(path, wanted, namespace)
+                self._spaces.pop(namespace, None)  # re-indexed from the folder on next use
+                for key in [k for k in self._loaded if k[0] == namespace]:
+                    rows = self._loaded.pop(key)
+                    self.memory_bytes -= rows.numel() * rows.element_size()
+        return removed
+
+    def _drop_rows(self, path: Path, wanted: list[bytes], namespace: str) -> int:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                keys = f.get_tensor("keys")
+                rows = f.get_tensor("features")
+        except Exception as exc:  # torn or foreign: the index drops it anyway
+            _logger.warning("removing unreadable embedding shard %s: %s", path, exc)
+            path.unlink(missing_ok=True)
+            return 0
+        target = torch.tensor([list(w) for w in wanted], dtype=torch.uint8)
+        hit = (keys[:, None, :] == target[None, :, :]).all(dim=2).any(dim=1)
+        if not bool(hit.any()):
+            return 0
+        keep = ~hit
+        if bool(keep.any()):
+            self._write_shard(path.with_name(f"shard-{uuid.uuid4().hex}.safetensors"), keys[keep].contiguous(),
+                              rows[keep].contiguous(), namespace)  # fmt: skip
+        path.unlink(missing_ok=True)
+        return int(hit.sum())
+
     def count(self, namespace: str) -> int:
         """How many images have a row in ``namespace``."""
         with self._lock:

@@ -54,5 +54,7 @@ def delete_image_file(studio: Studio, image_id: int, request: gr.Request | None)
         message = f"Image #{image_id} is archived, but its file could not be deleted; see the server log."
         raise UserFacing(message) from None
     studio.thumbs.forget(row["sha256"])
+    if studio.embeddings is not None:  # its frozen embeddings go too (no exemplar or neighbour can show it)
+        studio.embeddings.drop([row["sha256"]])
     _logger.info("user %r deleted the file of image %d for good", user, image_id)
     return f"Image #{image_id}'s file is deleted for good; its label history stays in the log."
