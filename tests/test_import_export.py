@@ -528,3 +528,27 @@ def test_sweep_removes_only_old_leftovers(tmp_path):
     assert sweep_stale(tmp_path) == 2
     assert new_tmp.exists() and (tmp_path / "images" / "ab" / "done.png").exists()
     assert not old_tmp.exists() and not old_dir.exists()
+
+
+def test_uploading_an_archived_image_again_restores_it(tmp_path):
+    """A re-import of an archived image's bytes brings it back once (a restore event), labels untouched."""
+    from ila_core.data.uploads import UploadReport
+
+    image = _png(tmp_path / "tree" / "Alpha" / "x.png")
+    data = tmp_path / "data"
+    first = _run(tmp_path / "tree", data)[0]
+    with LabelStore.open(data / "ila.db") as store:
+        store.archive_image(first.image_id, client_event_id="ar1", user="ann")
+        assert store.count_images() == 0
+    again = _run(image, data)[0]  # the same bytes, no label this time
+    assert again.status == "duplicate" and again.image_id == first.image_id
+    assert "restored from archive" in again.reason
+    assert "restored from archive: 1" in UploadReport(results=(again,)).describe()
+    with LabelStore.open(data / "ila.db") as store:
+        assert store.count_images() == 1 and store.archive_state(first.image_id) is None
+        assert [e["action"] for e in store.image_events(first.image_id)] == ["archive", "restore"]
+    third = _run(image, data)[0]  # not archived any more: an ordinary duplicate, no new event
+    assert "restored" not in third.reason
+    with LabelStore.open(data / "ila.db") as store:
+        assert len(store.image_events(first.image_id)) == 2
+    assert _labels(data) == Counter({("Alpha", None): 1})

@@ -359,7 +359,7 @@ class _Ingester:
 
     def _duplicate(self, item: PlannedFile, row: dict[str, Any], label: str | None) -> ImportResult:
         image_id, kind, current = row["id"], row.get("label_kind"), row.get("label")
-        reason = f"already stored as image {image_id}"
+        reason = f"already stored as image {image_id}" + self._restore_archived(image_id, row)
         if (label is not None or item.kind != "label") and kind is None:
             try:
                 self._record(image_id, row["sha256"], item)
@@ -370,6 +370,22 @@ class _Ingester:
         elif (label is not None or item.kind != "label") and (kind != item.kind or current != label):
             reason += f" with label {current!r} ({kind}); import label {label!r} ({item.kind}) not applied"
         return ImportResult(item.display, "duplicate", reason, image_id, label, row.get("split"))
+
+    def _restore_archived(self, image_id: int, row: dict[str, Any]) -> str:
+        """Uploading an archived image again brings it back (a restore event); words for the result's reason."""
+        if not row.get("archived"):
+            return ""
+        state = self.store.archive_state(image_id)
+        if state is None:
+            return ""
+        if state["deleted"]:
+            return "; its file was deleted for good, so it stays archived"
+        try:  # one restore per archive event, so a retried upload stores nothing new
+            self.store.restore_image(image_id, client_event_id=f"reupload-restore-{image_id}-{state['event_id']}",
+                                     user=self.user, note="uploaded again")  # fmt: skip
+        except (StoreError, ValueError) as exc:
+            return f"; not restored from the archive: {exc}"
+        return "; restored from archive"
 
     def _record(self, image_id: int, sha: str, item: PlannedFile) -> None:
         # Deterministic event id: re-running the same import never stores the same label twice (hard labels

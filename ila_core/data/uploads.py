@@ -93,11 +93,14 @@ class UploadReport:
     def describe(self) -> str:
         """One sentence of what was written, e.g. "Stored 3 new images (2 with labels); 1 rejected"."""
         counts = {s: sum(1 for r in self.results if r.status == s) for s in ("imported", "duplicate", "rejected")}
+        restored = sum(1 for r in self.results if r.status == "duplicate" and "restored from archive" in (r.reason or ""))
         if not counts["imported"] and not self.labels_recorded:
             head = "Nothing new was stored"
         else:
             head = f"Stored {counts['imported']} new image(s) and {self.labels_recorded} label(s)"
         parts = [head]
+        if restored:
+            parts.append(f"restored from archive: {restored}")
         if counts["duplicate"]:
             parts.append(f"{counts['duplicate']} already in the store")
         if counts["rejected"]:
