@@ -115,3 +115,28 @@ def test_deleting_an_image_for_good_drops_its_embeddings(tmp_path):
     assert fresh.get("ns", [f"{1:064x}", f"{2:064x}"])[0] == [False, True]
     with LabelStore.open(db) as store:
         assert store.archive_state(a)["deleted"] == 1 and store.archive_state(b) is None
+
+
+def test_review_archives_a_selection_as_one_undoable_action(tmp_path):
+    """Archive selected on the Review tab: one entry on the page's undo stack; undo brings every image back."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from ila_core.ui.errors import UserFacing
+    from ila_core.ui.history import undo_last
+    from ila_core.ui.review import archive_selected
+
+    db = tmp_path / "ila.db"
+    with LabelStore.open(db) as store:
+        a, b, c = (_add(store, n, split="train") for n in (1, 2, 3))
+        store.archive_image(c, client_event_id="before", user="ann")
+    studio = SimpleNamespace(store=lambda: contextlib.closing(LabelStore.open(db)))
+    text, hist = archive_selected(studio, [str(a), str(b), str(c), str(a)], None, "ann")
+    assert text.startswith("Archived 2 image(s)") and "1 were archived already" in text and "Undo" in text
+    assert len(hist["undo"]) == 1 and hist["undo"][0]["action"] == "archive"
+    with LabelStore.open(db) as store:
+        assert store.count_images() == 0
+        hist, said, restored = undo_last(store, hist, user="ann")
+        assert sorted(restored) == [a, b] and store.count_images() == 2 and store.archive_state(c) is not None
+    with pytest.raises(UserFacing, match="Select at least one"):
+        archive_selected(studio, [], None, "ann")

@@ -97,6 +97,7 @@ def test_label_explain_correct_and_retrain_in_the_browser(tmp_path):
                 shown = page.locator("#ila-review-gallery img").count()
                 expect(page.locator("#ila-review-picked img")).to_have_count(shown)
                 _shoot(page, "review", tmp_path)
+                _check_review_archive(page, studio)
 
                 # Train: retrain from the button and watch the job card until it succeeds
                 page.get_by_role("tab", name="Train").click()
@@ -198,6 +199,22 @@ def _check_undo_redo_archive_delete(page, studio) -> None:
         row = store.image(first)
         assert store.archive_state(first)["deleted"] == 1
     assert not (studio.data_dir / "images" / row["rel_path"]).exists()
+
+
+def _check_review_archive(page, studio) -> None:
+    """Archive selected on the Review tab hides the image (an undoable event); restored here for what follows."""
+    with studio.store() as store:
+        before, archived = store.count_images(), store.archived_ids()
+    page.get_by_role("button", name="Clear selection").click()
+    page.locator("#ila-review-gallery img").first.click()
+    page.wait_for_selector("#ila-review-picked img")
+    page.click("#ila-bulk-archive")
+    page.wait_for_selector("#ila-review-message >> text=Archived 1 image(s)")
+    with studio.store() as store:
+        assert store.count_images() == before - 1
+        (image_id,) = store.archived_ids() - archived
+        store.restore_image(image_id, client_event_id="browser-test-restore", user="admin")
+        assert store.count_images() == before
 
 
 def _check_captions(page) -> None:

@@ -21,7 +21,7 @@ from .labelling import bulk_relabel, new_event_id, undo
 from .queue import queue_page
 from .studio import Studio
 
-__all__ = ["SORTS", "build_review_tab", "review_page", "review_queue"]
+__all__ = ["SORTS", "archive_selected", "build_review_tab", "review_page", "review_queue"]
 
 _logger = logging.getLogger(__name__)
 
@@ -94,6 +94,27 @@ def selection_items(studio: Studio, chosen: list[str]) -> list[tuple[Any, str]]:
     return items
 
 
+def archive_selected(studio: Studio, chosen: list[str], hist: History | None, user: str | None) -> tuple[str, History]:
+    """Archive the selected images (one undoable entry on the page's stack); the message and the new stack."""
+    ids = list(dict.fromkeys(int(c) for c in chosen or []))
+    if not ids:
+        raise UserFacing("Select at least one image to archive.")
+    pairs, already = [], 0
+    with studio.store() as store, store.batch("archive selection"):
+        for image_id in ids:
+            result = store.archive_image(image_id, client_event_id=new_event_id("archive"), user=user)
+            if result.created:
+                pairs.append((image_id, result.event_id))
+            else:
+                already += 1
+    if not pairs:
+        return f"Nothing archived: the {already} selected image(s) were archived already.", hist or new_history()
+    text = (f"Archived {len(pairs)} image(s): they leave the queues, training and exports."
+            + (f" {already} were archived already." if already else "")
+            + " Undo (Classify tab, Z) brings them back; refresh the queue to see it without them.")  # fmt: skip
+    return text, pushed(hist, action_entry("archive", pairs, source="bulk"))
+
+
 def build_review_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab, history: gr.State | None = None) -> None:
     """Lay out the Review tab inside the current ``gr.Tab`` and wire its events.
 
@@ -126,6 +147,7 @@ def build_review_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab, history: gr.S
             with gr.Row():
                 apply = gr.Button("Apply to selected", variant="primary", elem_id="ila-bulk-apply")
                 undo_btn = gr.Button("Undo last change on selected", elem_id="ila-bulk-undo")
+            archive_btn = gr.Button("Archive selected", size="sm", variant="stop", elem_id="ila-bulk-archive")
             message = gr.Markdown(elem_id="ila-review-message")
 
     @guarded
@@ -171,6 +193,10 @@ def build_review_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab, history: gr.S
         return text + " Refresh the queue to see the new order; Undo (Classify tab, Z) takes it back.", hist
 
     @guarded
+    def on_archive(chosen: list[str], hist: History, request: gr.Request) -> tuple[str, History]:
+        return archive_selected(studio, chosen, hist, studio.username(request))
+
+    @guarded
     def on_selection(chosen: list[str]) -> list[tuple[Any, str]]:
         return selection_items(studio, chosen or [])
 
@@ -206,6 +232,8 @@ def build_review_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab, history: gr.S
     clear.click(list, None, [selected], api_visibility="private", queue=False)
     apply.click(on_apply, [relabel_to, selected, history], [message, history], api_name="ui_bulk_relabel",
                 api_visibility="private", concurrency_id="labels", concurrency_limit=4)  # fmt: skip
+    archive_btn.click(on_archive, [selected, history], [message, history], api_name="ui_bulk_archive",
+                      api_visibility="private", concurrency_id="labels", concurrency_limit=4)  # fmt: skip
     selected.change(on_selection, [selected], [picked], api_visibility="private", queue=False, show_progress="hidden")
     undo_btn.click(on_undo, [selected], [message], api_name="ui_bulk_undo", api_visibility="private",
                    concurrency_id="labels", concurrency_limit=4)  # fmt: skip
