@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from ui_support import launched, small_options, wait_for_job
+from ui_support import launched, small_options, wait_for, wait_for_job
 
 from ila_core.data.synthetic import SyntheticConfig, generate
 from ila_core.ui import DemoSpec
@@ -64,6 +64,8 @@ def test_label_explain_correct_and_retrain_in_the_browser(tmp_path):
                 page.wait_for_selector("#ila-header-bar >> text=Serving model v", timeout=150_000)
                 assert "Serving model" not in first, "the model served before the page loaded: nothing was shown"
                 assert wait_for_job(studio, timeout=150)["status"] == "succeeded"
+                # #13 item 6: the served version's explanation path is warmed in the background, before anyone asks
+                wait_for(lambda: studio.models.explainer_ready, 90, "the explanation warm-up after the model switch")
 
                 # Classify: upload -> top-k, flags, the whole photo under the slider, exemplars
                 page.set_input_files("#ila-upload input[type=file]", str(leaf))
