@@ -45,6 +45,20 @@ def test_ila_plus_plus_prefix_is_the_embedding(tiny_backbone):
     assert (plan.embed_only, plan.full_blocks, plan.split_block) == (False, 0, False)
 
 
+def test_linear_probe_caches_only_the_cls_token(tiny_backbone):
+    """Every block frozen and a CLS-pooled head: the cache keeps one token per view, and the logits agree."""
+    model = _built(tiny_backbone, method_config("linear", train_cls_token=False)).model.eval()
+    plan = plan_prefix(model)
+    assert (plan.full_blocks, plan.keep_tokens) == (len(model.blocks), 1) and plan.describe().endswith("tokens<1")
+    images = torch.randn(2, 3, tiny_backbone.image_size, tiny_backbone.image_size)
+    tokens = run_prefix(model, plan, images)
+    assert tokens.shape == (2, 1, model.embed_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(SuffixModel(model, plan)(tokens), model(images), rtol=1e-5, atol=1e-5)
+    ila = plan_prefix(_built(tiny_backbone, ILAConfig(ds_locations=(1, 3), train_cls_token=False)).model)
+    assert ila.keep_tokens == 0  # adapters read every token: the whole prefix output stays
+
+
 def test_full_finetune_has_no_prefix(tiny_backbone):
     """Nothing is cacheable when the patch embedding trains."""
     assert plan_prefix(_built(tiny_backbone, method_config("full")).model) is None
@@ -124,3 +138,21 @@ def test_cached_training_learns(tmp_path, tiny_backbone, ila_config):
     result = fit(prepare_model(tiny_backbone, ila_config, 3, cfg), data, cfg)
     losses = [r["loss"] for r in result.history]
     assert min(losses[-2:]) < losses[0] and result.cache_stats["hits"] > 0
+
+
+def test_linear_variant_trains_from_one_cached_token_per_view(tmp_path):
+    """A quick linear job fills its cache with CLS rows only (kilobytes, not the whole token grid) and trains."""
+    from ila_core.config import BackboneConfig
+    from ila_core.training.config import preset
+
+    store_path = write_toy_store(tmp_path, num_classes=3, train_per_class=4, holdout_per_class=1)
+    with LabelStore.open(store_path) as store:
+        data = snapshot(store, tmp_path)
+    config = preset("quick", steps=4, batch_size=4, warmup_steps=1, minutes=None)
+    built = prepare_model(BackboneConfig(name="test_vit", image_size=96, weights="none"), method_config("linear"),
+                          len(data.class_names), config)  # fmt: skip
+    cache = FeatureCache(max_memory_mb=64)
+    result = fit(built, data, config, cache=cache)
+    entries = len(data.train) * 2 + len(data.holdout)  # two views per training image, one per holdout image
+    assert result.steps == 4 and result.metrics is not None
+    assert cache.stats()["memory_bytes"] <= entries * built.model.embed_dim * 2 * 2  # one fp16 token (+ slack)

@@ -39,12 +39,14 @@ class PrefixPlan:
     embed_only: bool  # prefix = patch embedding only (a trainable CLS/register token enters after it)
     full_blocks: int  # blocks 0 .. full_blocks-1 run whole in the prefix
     split_block: bool  # blocks[full_blocks] is an ILABlock whose base_block is in the prefix, adapter in the suffix
+    keep_tokens: int = 0  # > 0: only the first n tokens are kept (every block frozen and the head reads the CLS)
 
     def describe(self) -> str:
         """Stable text naming the cut (part of cache keys)."""
         if self.embed_only:
             return "patch_embed"
-        return f"blocks<{self.full_blocks}" + (f"+base{self.full_blocks}" if self.split_block else "")
+        text = f"blocks<{self.full_blocks}" + (f"+base{self.full_blocks}" if self.split_block else "")
+        return text + (f"|tokens<{self.keep_tokens}" if self.keep_tokens else "")
 
 
 def plan_prefix(model: nn.Module) -> PrefixPlan | None:
@@ -58,7 +60,21 @@ def plan_prefix(model: nn.Module) -> PrefixPlan | None:
     blocks = list(model.blocks)
     j = next((i for i, blk in enumerate(blocks) if _trainable(blk)), len(blocks))
     split = j < len(blocks) and isinstance(blocks[j], ILABlock) and not _trainable(blocks[j].base_block)
-    return PrefixPlan(embed_only=False, full_blocks=j, split_block=split)
+    keep = 1 if j == len(blocks) and _reads_cls_only(model) else 0
+    return PrefixPlan(embed_only=False, full_blocks=j, split_block=split, keep_tokens=keep)
+
+
+def _reads_cls_only(model: nn.Module) -> bool:
+    """True when the head sees only the CLS token through a per-token norm (a linear probe on a timm ViT).
+
+    Then every other token is dead weight in the cache: with all blocks frozen, keeping the CLS row makes an
+    entry about 257x smaller for DINOv2-S at 224 px (LayerNorm acts on each token alone, so the norm can stay
+    in the suffix).
+    """
+    per_token = (nn.LayerNorm, nn.Identity)
+    return (getattr(model, "global_pool", None) == "token" and getattr(model, "attn_pool", None) is None
+            and isinstance(getattr(model, "norm", None), per_token)
+            and isinstance(getattr(model, "fc_norm", nn.Identity()), per_token))  # fmt: skip
 
 
 def _prefix_modules(model: nn.Module, plan: PrefixPlan) -> list[nn.Module]:
@@ -95,7 +111,7 @@ def run_prefix(model: nn.Module, plan: PrefixPlan, images: torch.Tensor) -> torc
             x = blk(x)
         if plan.split_block:
             x = model.blocks[plan.full_blocks].base_block(x)
-    return x
+    return x[:, : plan.keep_tokens].contiguous() if plan.keep_tokens else x
 
 
 class SuffixModel(nn.Module):
