@@ -137,6 +137,33 @@ def test_background_scorer_scores_every_image_in_batches(tmp_path):
     assert ids
 
 
+def test_stored_similarities_follow_the_confirmed_images(tmp_path):
+    """When the confirmed set changes (a near copy gets confirmed), every stored similarity is recomputed."""
+    data_dir = tmp_path / "data"
+    _add_images(data_dir, 40)
+    with LabelStore.open(data_dir / "ila.db") as store:
+        v1 = store.add_model_version(path="adapters/a", sha256="a" * 64, manifest={}, metrics={}, parent_id=None,
+                                     snapshot_event_id=0, job_id=None)  # fmt: skip
+    model = _FakeModel(v1)
+    state = {"generation": 1, "similarity": 0.4}
+    sims = lambda rows: {int(r["id"]): state["similarity"] for r in rows}  # noqa: E731
+    scorer = BackgroundScorer(data_dir / "ila.db", data_dir, predict=model.predict, version=lambda: model.version,
+                              similarities=sims, generation=lambda: state["generation"], batch_size=32)  # fmt: skip
+
+    def stored() -> set[float]:
+        with LabelStore.open(data_dir / "ila.db") as store:
+            return {i.nearest_similarity for i in store.queue_page("margin", version_id=v1, limit=100).items}
+
+    assert scorer.run_once() == 40 and stored() == {0.4}
+    scorer.run_once()  # idle: the generation these scores were computed against is noted
+    state["similarity"] = 0.9  # a near copy of every image is confirmed now...
+    scorer.run_once()
+    assert stored() == {0.4}  # ...but the confirmed set's fingerprint has not changed: nothing recomputed
+    state["generation"] = 2
+    scorer.run_once()
+    assert stored() == {0.9} and model.calls == 2  # recomputed from embeddings: no model forward
+
+
 def test_background_scorer_waits_while_interactive_work_runs(tmp_path):
     """While busy() is true no batch starts; the scorer goes on once it clears."""
     data_dir = tmp_path / "data"

@@ -7,7 +7,10 @@ come first: while ``busy()`` says one is running, the thread waits between batch
 for the batch in flight. Similarities of images scored before their frozen embedding existed (or scored by an
 interactive request) are filled in later from the stored embeddings, which costs no model forward.
 
-The similarity is the one at scoring time: it is not refreshed when later labels add confirmed images.
+Confirmed images change as experts label, so a stored similarity would go stale: when ``generation`` (the
+confirmed set's fingerprint) has changed, the similarities of every scored image are recomputed from the stored
+embeddings (a matrix product per chunk of 2,048, no model forward, yielding to interactive work between chunks),
+at most once per ``_REFRESH_EVERY_S``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ TopK = list[tuple[str, float]]
 Predict = Callable[[Sequence[Image.Image]], tuple[int | None, list[TopK]]]
 Similarities = Callable[[Sequence[dict[str, Any]]], dict[int, float]]
 _FILL_EVERY_S = 30.0  # unknown similarities are retried this often when nothing new was scored
+_REFRESH_EVERY_S = 300.0  # a changed confirmed set refreshes every stored similarity at most this often
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,8 @@ class BackgroundScorer:
         similarities: nearest-confirmed similarity by image id for store rows (``id``, ``sha256``), from stored
             embeddings; rows it cannot judge yet are left out. None: similarities are not stored.
         busy: True while interactive requests (or a training job) run; the thread waits between batches.
+        generation: a fingerprint of the confirmed images (e.g. the last label event); when it changes, stored
+            similarities are recomputed. None: they stay as scored.
         batch_size: images per forward.
         poll_s: how often it looks for new images or a new version.
         threads: intra-op threads of the scorer's own thread (torch's setting is per thread here): 1 leaves the
@@ -69,8 +75,12 @@ class BackgroundScorer:
 
     def __init__(self, db_path: Path, data_dir: Path, *, predict: Predict, version: Callable[[], int | None],
                  similarities: Similarities | None = None, busy: Callable[[], bool] | None = None,
-                 batch_size: int = 32, poll_s: float = 2.0, threads: int | None = 1) -> None:  # fmt: skip
+                 batch_size: int = 32, poll_s: float = 2.0, threads: int | None = 1,
+                 generation: Callable[[], Any] | None = None) -> None:  # fmt: skip
         self.db_path, self.data_dir = Path(db_path), Path(data_dir)
+        self.generation = generation
+        self._refreshed: dict[int, Any] = {}  # version -> the generation its stored similarities reflect
+        self._refreshed_at = 0.0
         self.predict, self.version, self.similarities = predict, version, similarities
         self.busy = busy or (lambda: False)
         self.batch_size, self.poll_s, self.threads = int(batch_size), float(poll_s), threads
@@ -136,6 +146,7 @@ class BackgroundScorer:
                 total, scored = store.count_images(), store.count_scored(version)
         if idle and self._status.version_id == version:
             self._fill_similarities(version, force=False)
+            self._refresh_similarities(version)
             return 0
         self._status = ScorerStatus(version, scored, total, scored < total)
         computed = 0
@@ -168,6 +179,33 @@ class BackgroundScorer:
         if computed:
             _logger.info("background scoring: %d images scored by version %d", computed, version)
         return computed
+
+    def _refresh_similarities(self, version: int) -> int:
+        """Recompute every stored similarity of ``version`` when the confirmed set changed; rows updated."""
+        if self.similarities is None or self.generation is None:
+            return 0
+        generation = self.generation()
+        if version not in self._refreshed:
+            self._refreshed[version] = generation  # scored against this set just now
+            return 0
+        if generation == self._refreshed[version] or time.monotonic() - self._refreshed_at < _REFRESH_EVERY_S:
+            return 0
+        self._refreshed_at = time.monotonic()
+        after, updated = 0, 0
+        while not self._stop.is_set():
+            while self.busy() and not self._stop.is_set():
+                self._stop.wait(0.05)  # interactive requests first
+            with LabelStore.open(self.db_path, quick_check=False) as store:
+                rows = store.scored_rows(version, after_id=after, limit=2048)
+            if not rows:
+                self._refreshed[version] = generation
+                break
+            sims = self.similarities(rows)
+            if sims:
+                with LabelStore.open(self.db_path, quick_check=False) as store:
+                    updated += store.set_similarities(version, sims)
+            after = int(rows[-1]["id"])
+        return updated
 
     def _fill_similarities(self, version: int, *, force: bool) -> None:
         """Similarities of scored images that had no frozen embedding when they were scored."""

@@ -154,6 +154,14 @@ class QueueMixin(StoreBase):
             [int(version_id), int(after_id), int(limit)],
         )
 
+    def scored_rows(self, version_id: int, *, after_id: int = 0, limit: int = 2048) -> list[dict]:
+        """Every image (id, sha256) the version has scored, in id order (a similarity refresh walks these)."""
+        return self._rows(
+            """SELECT i.id, i.sha256 FROM scores s JOIN images i ON i.id = s.image_id
+               WHERE s.model_version_id = ? AND s.image_id > ? ORDER BY s.image_id LIMIT ?""",
+            [int(version_id), int(after_id), int(limit)],
+        )
+
     def set_similarities(self, version_id: int, similarities: Mapping[int, float]) -> int:
         """Store nearest-confirmed similarities of scored images (one transaction); returns rows updated."""
         values = [(float(v), int(version_id), int(k)) for k, v in similarities.items()]

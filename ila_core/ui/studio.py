@@ -147,9 +147,15 @@ class Studio:
         busy = lambda: self.models.interactive_busy or warming() or training()  # noqa: E731
         self.scorer = BackgroundScorer(self.db_path, self.data_dir, predict=self.models.predict_background,
                                        version=lambda: self.models.version_id,
-                                       similarities=self.models.nearest_similarities, busy=busy)  # fmt: skip
+                                       similarities=self.models.nearest_similarities, busy=busy,
+                                       generation=self._confirmed_generation)  # fmt: skip
         if self.options.background_scoring:
             self.scorer.start()
+
+    def _confirmed_generation(self) -> tuple[int, int]:
+        """Changes whenever the confirmed images may have (a label event, an image added or archived)."""
+        with self.store() as store:
+            return store.last_event_id(), store.count_images()
 
     def _start_worker(self) -> None:
         from ..jobs.worker import Worker
