@@ -95,10 +95,10 @@ def test_unscored_walk_and_similarities(scored):
     assert len(todo) == 299
     store.add_predictions(newer, [(r["id"], [("a", 1.0)]) for r in todo[:10]])
     assert store.unscored_images(newer, after_id=0, limit=5)[0]["id"] == todo[10]["id"]
-    missing = store.scores_without_similarity(newer)
+    missing = store.scored_rows(newer, missing_similarity=True)
     assert len(missing) == 10
     assert store.set_similarities(newer, {r["id"]: 0.5 for r in missing}) == 10
-    assert store.scores_without_similarity(newer) == []
+    assert store.scored_rows(newer, missing_similarity=True) == []
 
 
 def test_label_counts_group_by_matches_the_snapshot(scored):

@@ -137,18 +137,25 @@ def test_background_scorer_scores_every_image_in_batches(tmp_path):
     assert ids
 
 
+def _one_version_store(tmp_path, n):
+    """A store of ``n`` images and one model version: (data dir, version id)."""
+    data_dir = tmp_path / "data"
+    _add_images(data_dir, n)
+    with LabelStore.open(data_dir / "ila.db") as store:
+        version = store.add_model_version(path="adapters/a", sha256="a" * 64, manifest={}, metrics={},
+                                          parent_id=None, snapshot_event_id=0, job_id=None)  # fmt: skip
+    return data_dir, version
+
+
 def test_stored_similarities_follow_the_confirmed_images(tmp_path):
     """When the confirmed set changes (a near copy gets confirmed), every stored similarity is recomputed."""
-    data_dir = tmp_path / "data"
-    _add_images(data_dir, 40)
-    with LabelStore.open(data_dir / "ila.db") as store:
-        v1 = store.add_model_version(path="adapters/a", sha256="a" * 64, manifest={}, metrics={}, parent_id=None,
-                                     snapshot_event_id=0, job_id=None)  # fmt: skip
+    data_dir, v1 = _one_version_store(tmp_path, 40)
     model = _FakeModel(v1)
     state = {"generation": 1, "similarity": 0.4}
     sims = lambda rows: {int(r["id"]): state["similarity"] for r in rows}  # noqa: E731
     scorer = BackgroundScorer(data_dir / "ila.db", data_dir, predict=model.predict, version=lambda: model.version,
-                              similarities=sims, generation=lambda: state["generation"], batch_size=32)  # fmt: skip
+                              similarities=sims, generation=lambda: state["generation"], refresh_every_s=0,
+                              batch_size=32)  # fmt: skip
 
     def stored() -> set[float]:
         with LabelStore.open(data_dir / "ila.db") as store:
@@ -166,11 +173,7 @@ def test_stored_similarities_follow_the_confirmed_images(tmp_path):
 
 def test_background_scorer_waits_while_interactive_work_runs(tmp_path):
     """While busy() is true no batch starts; the scorer goes on once it clears."""
-    data_dir = tmp_path / "data"
-    _add_images(data_dir, 40)
-    with LabelStore.open(data_dir / "ila.db") as store:
-        v1 = store.add_model_version(path="adapters/a", sha256="a" * 64, manifest={}, metrics={}, parent_id=None,
-                                     snapshot_event_id=0, job_id=None)  # fmt: skip
+    data_dir, v1 = _one_version_store(tmp_path, 40)
     model = _FakeModel(v1)
     model.busy = True
     scorer = BackgroundScorer(data_dir / "ila.db", data_dir, predict=model.predict, version=lambda: model.version,

@@ -10,7 +10,7 @@ interactive request) are filled in later from the stored embeddings, which costs
 Confirmed images change as experts label, so a stored similarity would go stale: when ``generation`` (the
 confirmed set's fingerprint) has changed, the similarities of every scored image are recomputed from the stored
 embeddings (a matrix product per chunk of 2,048, no model forward, yielding to interactive work between chunks),
-at most once per ``_REFRESH_EVERY_S``.
+at most once per ``refresh_every_s`` (the fingerprint itself is only read that often).
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ TopK = list[tuple[str, float]]
 Predict = Callable[[Sequence[Image.Image]], tuple[int | None, list[TopK]]]
 Similarities = Callable[[Sequence[dict[str, Any]]], dict[int, float]]
 _FILL_EVERY_S = 30.0  # unknown similarities are retried this often when nothing new was scored
-_REFRESH_EVERY_S = 300.0  # a changed confirmed set refreshes every stored similarity at most this often
 
 
 @dataclass(frozen=True)
@@ -67,6 +66,7 @@ class BackgroundScorer:
         busy: True while interactive requests (or a training job) run; the thread waits between batches.
         generation: a fingerprint of the confirmed images (e.g. the last label event); when it changes, stored
             similarities are recomputed. None: they stay as scored.
+        refresh_every_s: how often the fingerprint is read (and so the longest a stored similarity lags).
         batch_size: images per forward.
         poll_s: how often it looks for new images or a new version.
         threads: intra-op threads of the scorer's own thread (torch's setting is per thread here): 1 leaves the
@@ -76,11 +76,11 @@ class BackgroundScorer:
     def __init__(self, db_path: Path, data_dir: Path, *, predict: Predict, version: Callable[[], int | None],
                  similarities: Similarities | None = None, busy: Callable[[], bool] | None = None,
                  batch_size: int = 32, poll_s: float = 2.0, threads: int | None = 1,
-                 generation: Callable[[], Any] | None = None) -> None:  # fmt: skip
+                 generation: Callable[[], Any] | None = None, refresh_every_s: float = 300.0) -> None:  # fmt: skip
         self.db_path, self.data_dir = Path(db_path), Path(data_dir)
-        self.generation = generation
+        self.generation, self.refresh_every_s = generation, float(refresh_every_s)
         self._refreshed: dict[int, Any] = {}  # version -> the generation its stored similarities reflect
-        self._refreshed_at = 0.0
+        self._checked_at = 0.0
         self.predict, self.version, self.similarities = predict, version, similarities
         self.busy = busy or (lambda: False)
         self.batch_size, self.poll_s, self.threads = int(batch_size), float(poll_s), threads
@@ -180,46 +180,42 @@ class BackgroundScorer:
             _logger.info("background scoring: %d images scored by version %d", computed, version)
         return computed
 
-    def _refresh_similarities(self, version: int) -> int:
-        """Recompute every stored similarity of ``version`` when the confirmed set changed; rows updated."""
+    def _refresh_similarities(self, version: int) -> None:
+        """Recompute every stored similarity of ``version`` when the confirmed set changed."""
         if self.similarities is None or self.generation is None:
-            return 0
-        generation = self.generation()
+            return
         if version not in self._refreshed:
-            self._refreshed[version] = generation  # scored against this set just now
-            return 0
-        if generation == self._refreshed[version] or time.monotonic() - self._refreshed_at < _REFRESH_EVERY_S:
-            return 0
-        self._refreshed_at = time.monotonic()
-        after, updated = 0, 0
-        while not self._stop.is_set():
-            while self.busy() and not self._stop.is_set():
-                self._stop.wait(0.05)  # interactive requests first
-            with LabelStore.open(self.db_path, quick_check=False) as store:
-                rows = store.scored_rows(version, after_id=after, limit=2048)
-            if not rows:
-                self._refreshed[version] = generation
-                break
-            sims = self.similarities(rows)
-            if sims:
-                with LabelStore.open(self.db_path, quick_check=False) as store:
-                    updated += store.set_similarities(version, sims)
-            after = int(rows[-1]["id"])
-        return updated
+            self._refreshed[version] = self.generation()  # scored against this set just now
+            return
+        if time.monotonic() - self._checked_at < self.refresh_every_s:
+            return  # the fingerprint opens the store: read it only this often
+        self._checked_at = time.monotonic()
+        generation = self.generation()
+        if generation != self._refreshed[version] and self._walk_similarities(version, missing_only=False):
+            self._refreshed[version] = generation
 
     def _fill_similarities(self, version: int, *, force: bool) -> None:
         """Similarities of scored images that had no frozen embedding when they were scored."""
         if self.similarities is None or (not force and time.monotonic() - self._filled_at < _FILL_EVERY_S):
             return
         self._filled_at = time.monotonic()
+        self._walk_similarities(version, missing_only=True)
+
+    def _walk_similarities(self, version: int, *, missing_only: bool) -> bool:
+        """Store similarities for the version's scored images (those still unknown, or all), 2,048 at a time,
+        yielding to interactive work between chunks; True when the walk finished."""
+        assert self.similarities is not None
         after = 0
         while not self._stop.is_set():
+            while self.busy() and not self._stop.is_set():
+                self._stop.wait(0.05)  # interactive requests first
             with LabelStore.open(self.db_path, quick_check=False) as store:
-                rows = store.scores_without_similarity(version, after_id=after, limit=2048)
+                rows = store.scored_rows(version, after_id=after, limit=2048, missing_similarity=missing_only)
             if not rows:
-                return
+                return True
             sims = self.similarities(rows)
             if sims:
                 with LabelStore.open(self.db_path, quick_check=False) as store:
                     store.set_similarities(version, sims)
             after = int(rows[-1]["id"])
+        return False

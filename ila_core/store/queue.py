@@ -145,20 +145,14 @@ class QueueMixin(StoreBase):
             [int(version_id), int(after_id), int(limit)],
         )
 
-    def scores_without_similarity(self, version_id: int, *, after_id: int = 0, limit: int = 2048) -> list[dict]:
-        """Scored images (id, sha256) whose nearest-confirmed similarity is not known yet, in id order."""
+    def scored_rows(self, version_id: int, *, after_id: int = 0, limit: int = 2048,
+                    missing_similarity: bool = False) -> list[dict]:  # fmt: skip
+        """Images (id, sha256) the version has scored, in id order; only those without a nearest-confirmed
+        similarity yet when ``missing_similarity``."""
+        missing = " AND s.nearest_similarity IS NULL" if missing_similarity else ""
         return self._rows(
-            """SELECT i.id, i.sha256 FROM scores s JOIN images i ON i.id = s.image_id
-               WHERE s.model_version_id = ? AND s.image_id > ? AND s.nearest_similarity IS NULL
-               ORDER BY s.image_id LIMIT ?""",
-            [int(version_id), int(after_id), int(limit)],
-        )
-
-    def scored_rows(self, version_id: int, *, after_id: int = 0, limit: int = 2048) -> list[dict]:
-        """Every image (id, sha256) the version has scored, in id order (a similarity refresh walks these)."""
-        return self._rows(
-            """SELECT i.id, i.sha256 FROM scores s JOIN images i ON i.id = s.image_id
-               WHERE s.model_version_id = ? AND s.image_id > ? ORDER BY s.image_id LIMIT ?""",
+            f"""SELECT i.id, i.sha256 FROM scores s JOIN images i ON i.id = s.image_id
+                WHERE s.model_version_id = ? AND s.image_id > ?{missing} ORDER BY s.image_id LIMIT ?""",
             [int(version_id), int(after_id), int(limit)],
         )
 
