@@ -192,8 +192,8 @@ class EmbeddingStore:
     def drop(self, sha256s: Sequence[str]) -> int:
         """Remove every row of ``sha256s`` in every namespace (an image deleted for good); the number removed.
 
-        Each shard holding one of them is rewritten without those rows (the new file is durable before the
-        old one goes), so a fresh store over the same folder finds none of them.
+        The row index says which shards hold them; only those are rewritten without the rows (the new file is
+        durable before the old one goes), so a fresh store over the same folder finds none of them.
         """
         doomed = set(sha256s)
         removed = 0
@@ -202,37 +202,44 @@ class EmbeddingStore:
                 removed += sum(space.memory_only.pop(sha, None) is not None for sha in doomed)
             if self.directory is None or not self.directory.is_dir() or not doomed:
                 return removed
-            wanted = [_sha_bytes(sha) for sha in doomed]
-            for folder in sorted(d for d in self.directory.iterdir() if d.is_dir()):
-                label = folder / "NAMESPACE"
-                namespace = label.read_text().strip() if label.is_file() else folder.name
-                for path in sorted(folder.glob("*.safetensors")):
-                    removed += self._drop_rows(path, wanted, namespace)
-                self._spaces.pop(namespace, None)  # re-indexed from the folder on next use
-                for key in [k for k in self._loaded if k[0] == namespace]:
-                    rows = self._loaded.pop(key)
-                    self.memory_bytes -= rows.numel() * rows.element_size()
+            for label in sorted(self.directory.glob("*/NAMESPACE")):
+                namespace = label.read_text().removesuffix("\n")
+                space = self._space(namespace)
+                by_shard: dict[str, set[int]] = {}
+                for sha in doomed & space.index.keys():
+                    name, row = space.index[sha]
+                    by_shard.setdefault(name, set()).add(row)
+                for name, rows in by_shard.items():
+                    removed += self._rewrite_without(namespace, space, name, rows)
         return removed
 
-    def _drop_rows(self, path: Path, wanted: list[bytes], namespace: str) -> int:
+    def _rewrite_without(self, namespace: str, space: _Namespace, name: str, gone: set[int]) -> int:
+        """Rewrite one shard without the rows ``gone``; the index and memory follow. Rows removed."""
+        assert space.directory is not None
+        path = space.directory / name
         try:
             with safe_open(str(path), framework="pt") as f:
-                keys = f.get_tensor("keys")
-                rows = f.get_tensor("features")
-        except Exception as exc:  # torn or foreign: the index drops it anyway
-            _logger.warning("removing unreadable embedding shard %s: %s", path, exc)
-            path.unlink(missing_ok=True)
+                keys, rows = f.get_tensor("keys"), f.get_tensor("features")
+        except Exception as exc:  # torn, or compacted elsewhere: re-index on next use
+            _logger.warning("embedding shard %s unreadable while dropping rows: %s", path, exc)
+            self._spaces.pop(namespace, None)
             return 0
-        target = torch.tensor([list(w) for w in wanted], dtype=torch.uint8)
-        hit = (keys[:, None, :] == target[None, :, :]).all(dim=2).any(dim=1)
-        if not bool(hit.any()):
-            return 0
-        keep = ~hit
-        if bool(keep.any()):
-            self._write_shard(path.with_name(f"shard-{uuid.uuid4().hex}.safetensors"), keys[keep].contiguous(),
-                              rows[keep].contiguous(), namespace)  # fmt: skip
+        keep = [i for i in range(len(keys)) if i not in gone]
+        new_name = f"shard-{uuid.uuid4().hex}.safetensors"
+        if keep:
+            self._write_shard(space.directory / new_name, keys[keep].contiguous(), rows[keep].contiguous(), namespace)
         path.unlink(missing_ok=True)
-        return int(hit.sum())
+        loaded = self._loaded.pop((namespace, name), None)
+        if loaded is not None:
+            self.memory_bytes -= loaded.numel() * loaded.element_size()
+        position = {old: new for new, old in enumerate(keep)}
+        for sha, (shard, row) in list(space.index.items()):
+            if shard == name:
+                if row in position:
+                    space.index[sha] = (new_name, position[row])
+                else:
+                    del space.index[sha]
+        return len(gone)
 
     def count(self, namespace: str) -> int:
         """How many images have a row in ``namespace``."""
