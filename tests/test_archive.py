@@ -124,7 +124,7 @@ def test_review_archives_a_selection_as_one_undoable_action(tmp_path):
 
     from ila_core.ui.errors import UserFacing
     from ila_core.ui.history import undo_last
-    from ila_core.ui.review import archive_selected
+    from ila_core.ui.removal import archive_selected
 
     db = tmp_path / "ila.db"
     with LabelStore.open(db) as store:

@@ -157,6 +157,7 @@ def fit(
     prep = preprocess_for(model, config.image_size or built.backbone.image_size, config.resize_ratio)
     generator = seed_everything(config.seed + (dist.rank if dist else 0))
     inputs, cache = _inputs(built, model, data, config, prep, cache, stop, progress)
+    use_amp = config.amp and device.type == "cuda"
 
     head_fit = None
     if config.lp_init and not stop():
@@ -165,7 +166,7 @@ def fit(
                                          device=device, seed=config.seed, should_stop=stop)  # fmt: skip
         if on_start is not None and head_fit is not None and dist is None and len(inputs.holdout) > 0:
             start_metrics = _evaluate(inputs.net, inputs.holdout, None, data.class_names, config, device, None,
-                                      inputs.workers, config.amp and device.type == "cuda", stop, progress)  # fmt: skip
+                                      inputs.workers, use_amp, stop, progress)  # fmt: skip
             if not stop():
                 on_start(start_metrics)
 
@@ -182,7 +183,6 @@ def fit(
     schedule = CosineWarmup(config.lr, budget.planned, config.warmup_steps, config.warmup_lr, config.min_lr)
     optimizer = build_optimizer(net, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
                                 weight_decay=config.weight_decay, adapter_lr_scale=config.adapter_lr_scale)  # fmt: skip
-    use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
 
     def on_step(row: dict[str, Any]) -> None:

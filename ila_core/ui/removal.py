@@ -14,11 +14,11 @@ import gradio as gr
 
 from ..training.dataset import image_path
 from .errors import UserFacing
-from .history import Entry, action_entry
+from .history import Entry, History, action_entry, new_history, pushed
 from .labelling import new_event_id
 from .studio import Studio
 
-__all__ = ["archive_image", "delete_image_file"]
+__all__ = ["archive_image", "archive_selected", "delete_image_file"]
 
 _logger = logging.getLogger(__name__)
 
@@ -32,6 +32,27 @@ def archive_image(studio: Studio, image_id: int, request: gr.Request | None) -> 
         return f"Image #{image_id} is already archived.", None
     text = f"Image #{image_id} archived: it leaves the queues, training and exports. Undo (Z) brings it back."
     return text, action_entry("archive", [(int(image_id), result.event_id)])
+
+
+def archive_selected(studio: Studio, chosen: list[str], hist: History | None, user: str | None) -> tuple[str, History]:
+    """Archive the selected images (one undoable entry on the page's stack); the message and the new stack."""
+    ids = list(dict.fromkeys(int(c) for c in chosen or []))
+    if not ids:
+        raise UserFacing("Select at least one image to archive.")
+    pairs, already = [], 0
+    with studio.store() as store, store.batch("archive selection"):
+        for image_id in ids:
+            result = store.archive_image(image_id, client_event_id=new_event_id("archive"), user=user)
+            if result.created:
+                pairs.append((image_id, result.event_id))
+            else:
+                already += 1
+    if not pairs:
+        return f"Nothing archived: the {already} selected image(s) were archived already.", hist or new_history()
+    text = (f"Archived {len(pairs)} image(s): they leave the queues, training and exports."
+            + (f" {already} were archived already." if already else "")
+            + " Undo (Classify tab, Z) brings them back; refresh the queue to see it without them.")  # fmt: skip
+    return text, pushed(hist, action_entry("archive", pairs, source="bulk"))
 
 
 def delete_image_file(studio: Studio, image_id: int, request: gr.Request | None) -> str:

@@ -19,9 +19,10 @@ from .errors import UserFacing, guarded
 from .history import History, action_entry, new_history, pushed
 from .labelling import bulk_relabel, new_event_id, undo
 from .queue import queue_page
+from .removal import archive_selected
 from .studio import Studio
 
-__all__ = ["SORTS", "archive_selected", "build_review_tab", "review_page", "review_queue"]
+__all__ = ["SORTS", "build_review_tab", "review_page", "review_queue"]
 
 _logger = logging.getLogger(__name__)
 
@@ -92,27 +93,6 @@ def selection_items(studio: Studio, chosen: list[str]) -> list[tuple[Any, str]]:
             label = row.get("label") if row.get("label_kind") == "label" else row.get("label_kind")
             items.append((studio.thumbs.get(row), f"#{row['id']} {label or 'no label'}"))
     return items
-
-
-def archive_selected(studio: Studio, chosen: list[str], hist: History | None, user: str | None) -> tuple[str, History]:
-    """Archive the selected images (one undoable entry on the page's stack); the message and the new stack."""
-    ids = list(dict.fromkeys(int(c) for c in chosen or []))
-    if not ids:
-        raise UserFacing("Select at least one image to archive.")
-    pairs, already = [], 0
-    with studio.store() as store, store.batch("archive selection"):
-        for image_id in ids:
-            result = store.archive_image(image_id, client_event_id=new_event_id("archive"), user=user)
-            if result.created:
-                pairs.append((image_id, result.event_id))
-            else:
-                already += 1
-    if not pairs:
-        return f"Nothing archived: the {already} selected image(s) were archived already.", hist or new_history()
-    text = (f"Archived {len(pairs)} image(s): they leave the queues, training and exports."
-            + (f" {already} were archived already." if already else "")
-            + " Undo (Classify tab, Z) brings them back; refresh the queue to see it without them.")  # fmt: skip
-    return text, pushed(hist, action_entry("archive", pairs, source="bulk"))
 
 
 def build_review_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab, history: gr.State | None = None) -> None:
