@@ -18,6 +18,7 @@ from starlette.middleware import Middleware
 
 from ..config import AppConfig
 from .middleware import LoginGuard, QueueGuard, UploadGuard
+from .ml_backend import LabelStudioBackend
 from .studio import Studio
 
 __all__ = ["ASSETS", "DELETE_CACHE", "css", "head", "launch_settings", "middleware", "prepare_environment",
@@ -91,9 +92,10 @@ def queue_settings(config: AppConfig) -> dict[str, Any]:
 
 
 def middleware(studio: Studio) -> list[Middleware]:
-    """Guards in front of Gradio's own routes: queue-full refusal, login throttle, disk check of the upload route."""
+    """Guards in front of Gradio's own routes (queue-full refusal, login throttle, disk check of the upload
+    route) and the Label Studio ML backend under ``/ml``, which answers its own routes."""
     return [Middleware(QueueGuard), Middleware(LoginGuard, throttle=studio.logins),
-            Middleware(UploadGuard, folder=studio.temp_dir)]  # fmt: skip
+            Middleware(UploadGuard, folder=studio.temp_dir), Middleware(LabelStudioBackend, studio=studio)]  # fmt: skip
 
 
 def launch_settings(config: AppConfig, studio: Studio, *, quiet: bool = False) -> dict[str, Any]:

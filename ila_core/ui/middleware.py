@@ -22,7 +22,7 @@ from starlette.requests import Request
 
 from .throttle import LoginThrottle
 
-__all__ = ["LoginGuard", "QueueGuard", "UploadGuard", "STORAGE_FULL"]
+__all__ = ["LoginGuard", "QueueGuard", "UploadGuard", "STORAGE_FULL", "respond"]
 
 _logger = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ _MAX_LOGIN_BODY = 64 * 1024
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
-async def _respond(send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+async def respond(send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    """Send a whole JSON response (``body``) with ``status`` and extra headers."""
     raw = json.dumps(body).encode()
     head = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
     head += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
@@ -71,7 +72,7 @@ class LoginGuard:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > _MAX_LOGIN_BODY:
-                await _respond(send, 413, {"detail": "Login request too large."})
+                await respond(send, 413, {"detail": "Login request too large."})
                 return
         user = await _username(scope, body)
         address = (scope.get("client") or ("unknown",))[0]
@@ -79,7 +80,7 @@ class LoginGuard:
         if wait > 0:
             _logger.warning("login throttled for a user name of %d characters from %s (%.0f s)", len(user), address,
                             wait)  # fmt: skip
-            await _respond(send, 429, {"detail": LoginThrottle.message(wait)}, {"retry-after": str(int(wait) + 1)})
+            await respond(send, 429, {"detail": LoginThrottle.message(wait)}, {"retry-after": str(int(wait) + 1)})
             return
         status: list[int] = []
 
@@ -146,7 +147,7 @@ class UploadGuard:
             free = None  # unknown: the write itself will tell
         if free is not None and free < length + self.reserve:
             _logger.warning("upload refused: %d bytes free under %s, %d needed", free, self.folder, length)
-            await _respond(send, 507, {"detail": STORAGE_FULL})
+            await respond(send, 507, {"detail": STORAGE_FULL})
             return
         started: list[bool] = []
 
@@ -161,7 +162,7 @@ class UploadGuard:
             if exc.errno not in _NO_SPACE or started:
                 raise
             _logger.warning("upload failed for lack of space: %s", exc)
-            await _respond(send, 507, {"detail": STORAGE_FULL})
+            await respond(send, 507, {"detail": STORAGE_FULL})
 
 
 def _content_length(scope: Scope) -> int:
@@ -189,7 +190,7 @@ class QueueGuard:
         if _is_post(scope, "/gradio_api/queue/join"):
             full = _queue_full(scope.get("app"))
             if full is not None:
-                await _respond(send, 503, {"detail": full})
+                await respond(send, 503, {"detail": full})
                 return
         await self.app(scope, receive, send)
 

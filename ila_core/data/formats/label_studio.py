@@ -41,7 +41,8 @@ from ..results import ImportResult
 from ..tree import read_json
 
 __all__ = ["LAYOUTS", "DEFAULT_PREFIX", "CHOICE_NAME", "sniff", "hint", "read_annotations", "import_annotations",
-           "label_config", "export_tasks", "Annotation"]  # fmt: skip
+           "apply_annotation", "find_image", "annotator_name", "result_choices", "label_config", "export_tasks",
+           "Annotation"]  # fmt: skip
 
 _logger = logging.getLogger(__name__)
 
@@ -97,7 +98,8 @@ def hint(path: Path) -> str:
     return f" ({path.name} is a Label Studio export: import that file by itself, as an admin)"
 
 
-def _annotator(value: Any) -> str | None:
+def annotator_name(value: Any) -> str | None:
+    """Who made an annotation: the e-mail where the export has it, else ``labelstudio-user-<id>``."""
     if isinstance(value, dict):
         value = value.get("email") or value.get("id")
     if value is None or isinstance(value, bool):
@@ -108,7 +110,8 @@ def _annotator(value: Any) -> str | None:
     return f"labelstudio-user-{text}" if text.isdigit() else text
 
 
-def _result_choices(result: list[Any], name: str) -> tuple[str, ...] | None:
+def result_choices(result: list[Any], name: str) -> tuple[str, ...] | None:
+    """The choices of the ``Choices`` result named ``name`` (or of the only one); None when there is none."""
     picked = [r for r in result if isinstance(r, dict) and str(r.get("type", "")).lower() == "choices"]
     named = [r for r in picked if r.get("from_name") == name]
     if not named and len({r.get("from_name") for r in picked}) == 1:
@@ -139,7 +142,7 @@ def _flat(row: dict[str, Any], line: int | None, name: str) -> Annotation:
     return Annotation(
         task_id=row.get("id"),
         annotation_id=None if annotation_id in (None, "") else annotation_id,
-        annotator=_annotator(row.get("annotator")),
+        annotator=annotator_name(row.get("annotator")),
         choices=_value_choices(row.get(name)),
         data=row,
         updated_at=row.get("updated_at") or row.get("created_at") or None,
@@ -172,8 +175,8 @@ def read_annotations(path: Path, layout: str, *, choice_name: str = CHOICE_NAME)
             if not isinstance(ann, dict):
                 continue
             out.append(Annotation(
-                task_id=task.get("id"), annotation_id=ann.get("id"), annotator=_annotator(ann.get("completed_by")),
-                choices=_result_choices(ann.get("result") or [], choice_name), data=data,
+                task_id=task.get("id"), annotation_id=ann.get("id"), annotator=annotator_name(ann.get("completed_by")),
+                choices=result_choices(ann.get("result") or [], choice_name), data=data,
                 updated_at=ann.get("updated_at") or ann.get("created_at"),
                 cancelled=bool(ann.get("was_cancelled") or ann.get("skipped")),
             ))  # fmt: skip
@@ -183,7 +186,8 @@ def read_annotations(path: Path, layout: str, *, choice_name: str = CHOICE_NAME)
 # -- importing ----------------------------------------------------------------------------------
 
 
-def _find_image(store: LabelStore, data: dict[str, Any]) -> dict[str, Any] | None:
+def find_image(store: LabelStore, data: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored image a task names by ``data.sha256`` or by the sha256 in its image file name; else None."""
     sha = str(data.get("sha256") or "").lower()
     if _SHA256.fullmatch(sha) and (row := store.image_by_sha256(sha)) is not None:
         return row
@@ -238,12 +242,15 @@ def import_annotations(
     # Oldest first, so that when several annotators answered one task the latest answer ends up current.
     ordered = sorted(enumerate(annotations), key=lambda p: (str(p[1].updated_at or ""), p[0]))
     for done, (_, a) in enumerate(ordered, start=1):
-        yield _apply(store, a, layout, user, new_cultivars)
+        yield apply_annotation(store, a, layout, user, new_cultivars)
         if on_progress is not None:
             on_progress(done, len(ordered))
 
 
-def _apply(store: LabelStore, a: Annotation, layout: str, user: str | None, new_cultivars: bool) -> ImportResult:
+def apply_annotation(
+    store: LabelStore, a: Annotation, layout: str, user: str | None, new_cultivars: bool
+) -> ImportResult:
+    """Record one annotation as at most one correction event (the rules of the module docstring)."""
     name = f"task {a.task_id}" + (f" annotation {a.annotation_id}" if a.annotation_id is not None else "")
 
     def result(status: str, reason: str | None, row: dict[str, Any] | None = None, label: str | None = None
@@ -251,7 +258,7 @@ def _apply(store: LabelStore, a: Annotation, layout: str, user: str | None, new_
         return ImportResult(name, status, reason, row and row["id"], label, row and row["split"], a.line, layout,
                             "label" if label else None)  # fmt: skip
 
-    row = _find_image(store, a.data)
+    row = find_image(store, a.data)
     if row is None:
         return result("rejected", "no stored image matches this task (data.sha256 or the image file name)")
     if a.cancelled:
