@@ -12,19 +12,21 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from ..data.exporters import LABEL_STUDIO_PREFIX, export
-from ..data.importers import OutsideImportRoots, TooManyFiles, import_path, summarise
+from ..data.importers import ImportResult, OutsideImportRoots, TooManyFiles, import_path, summarise
 from .errors import UserFacing, guarded, scrub
+from .import_jobs import ImportJob
 from .labelling import as_text
 from .studio import Studio
 from .uploads import receive_uploads
 
-__all__ = ["EXPORTS", "build_data_tab", "counts_table", "run_export"]
+__all__ = ["EXPORTS", "FORMATS", "ServerImport", "build_data_tab", "counts_table", "import_server_path", "run_export"]
 
 _logger = logging.getLogger(__name__)
 
@@ -110,6 +112,54 @@ def run_export(studio: Studio, fmt: str, image_url_prefix: str | None = None) ->
     return folder / name
 
 
+@dataclass(frozen=True)
+class ServerImport:
+    """A server-path import: finished inline (``results``), or started in the background (``job``)."""
+
+    results: tuple[ImportResult, ...] = ()
+    job: ImportJob | None = None
+    count: int = 0  # files found, for a background import
+
+
+def import_server_path(
+    studio: Studio, request: gr.Request | None, path: str, *, layout: str = "auto", split: str | None = None
+) -> ServerImport:
+    """Import a folder, CSV, zip or Label Studio export under an import root (admins only).
+
+    Up to ``inline_import_files`` files are imported while the caller waits; bigger imports (up to
+    ``max_import_files``) run in the background (:attr:`Studio.imports`).
+
+    Raises:
+        UserFacing: not an admin, no path, an unknown layout or split, a path outside the import roots, nothing
+            there, or too many files.
+    """
+    user = studio.require_admin(request, "import from server paths")
+    path = (path or "").strip()
+    if not path:
+        raise UserFacing("Enter a folder, CSV file or .zip under an import root.")
+    if layout not in FORMATS.values():
+        raise UserFacing(f"Unknown layout {as_text(layout)}; one of {', '.join(FORMATS.values())}.")
+    if split not in SPLIT_OVERRIDE.values():
+        raise UserFacing(f"Unknown split {as_text(split)}; 'train', 'holdout' or none (keep the layout's).")
+    options = studio.options
+
+    def run(on_progress: Any = None, max_files: int = options.max_import_files) -> Any:
+        return import_path(Path(path), studio.data_dir, fmt=layout, user=user, split=split, quick_check=False,
+                           roots=options.import_roots, max_files=max_files, on_progress=on_progress)  # fmt: skip
+
+    try:
+        return ServerImport(results=tuple(run(max_files=options.inline_import_files)))
+    except TooManyFiles as exc:  # big: refuse above the cap, else run it off the request slots
+        count = exc.count
+        if count > options.max_import_files:
+            raise UserFacing(str(TooManyFiles(Path(path).name, count, options.max_import_files))) from None
+    except OutsideImportRoots as exc:
+        raise UserFacing(f"Refused: {exc}. Nothing was imported.", keep_paths=True) from None
+    except FileNotFoundError:
+        raise UserFacing("Nothing to import at that path.") from None
+    return ServerImport(job=studio.imports.start(path, user, run), count=count)
+
+
 def build_data_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
     """Lay out the Data tab inside the current ``gr.Tab`` and wire its events."""
     with gr.Row(equal_height=False):
@@ -170,30 +220,12 @@ def build_data_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
 
     @guarded
     def on_server(path: str, layout: str, where: str, request: gr.Request) -> list[Any]:
-        user = studio.require_admin(request, "import from server paths")
-        if not path or not path.strip():
-            raise UserFacing("Enter a folder, CSV file or .zip under an import root.")
-        options = studio.options
-
-        def run(on_progress: Any = None, max_files: int = options.max_import_files) -> Any:
-            return import_path(Path(path.strip()), studio.data_dir, fmt=FORMATS.get(layout, "auto"), user=user,
-                               split=SPLIT_OVERRIDE.get(where), quick_check=False, roots=options.import_roots,
-                               max_files=max_files, on_progress=on_progress)  # fmt: skip
-
-        try:
-            results = list(run(max_files=options.inline_import_files))
-            return [*_report(results), gr.Timer(active=False)]
-        except TooManyFiles as exc:  # big: refuse above the cap, else run it off the request slots
-            count = exc.count
-            if count > options.max_import_files:
-                raise UserFacing(str(TooManyFiles(Path(path.strip()).name, count, options.max_import_files))) from None
-        except OutsideImportRoots as exc:
-            raise UserFacing(f"Refused: {exc}. Nothing was imported.", keep_paths=True) from None
-        except FileNotFoundError:
-            raise UserFacing("Nothing to import at that path.") from None
-        job = studio.imports.start(path.strip(), user, run)
-        return [[], f"Import of {count:,} files started in the background (job {job.id}).",
-                gr.Timer(active=True)]
+        done = import_server_path(studio, request, path, layout=FORMATS.get(layout, "auto"),
+                                  split=SPLIT_OVERRIDE.get(where))  # fmt: skip
+        if done.job is None:
+            return [*_report(list(done.results)), gr.Timer(active=False)]
+        return [[], f"Import of {done.job.total or done.count:,} files started in the background (job {done.job.id}).",
+                gr.Timer(active=True)]  # fmt: skip
 
     @guarded
     def on_poll() -> list[Any]:

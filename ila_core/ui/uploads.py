@@ -7,18 +7,25 @@ as messages for the user.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from ..data.uploads import UploadPolicy, UploadRefused, UploadReport, check_uploads, store_uploads
+from ..images import BadImage, LoadedImage, load_image
 from .errors import UserFacing
 from .studio import Studio
 
-__all__ = ["MAX_UPLOAD_FILES", "file_paths", "receive_uploads"]
+__all__ = ["MAX_CLASSIFY_FILES", "MAX_UPLOAD_FILES", "ReadUpload", "file_paths", "read_uploads", "receive_uploads"]
+
+_logger = logging.getLogger(__name__)
 
 MAX_UPLOAD_FILES = 200  # one browser upload; bigger sets go through a .zip (IMG-26)
+MAX_CLASSIFY_FILES = 64  # one /classify_batch call: a model batch or four, answered while the caller waits
 
 
 def file_paths(files: Any) -> list[str]:
@@ -66,3 +73,47 @@ def receive_uploads(
         return store_uploads(checked, studio.data_dir, user=user, policy=policy, split=split)
     except UploadRefused as exc:
         raise UserFacing(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class ReadUpload:
+    """One file of a read-only upload: the decoded image, or why it was refused."""
+
+    name: str
+    image: LoadedImage | None
+    reason: str | None = None
+
+
+def read_uploads(studio: Studio, files: Sequence[str], *, max_files: int = MAX_CLASSIFY_FILES) -> list[ReadUpload]:
+    """Decode uploaded image files for a prediction, storing nothing (one result per file, in order).
+
+    The same door as :func:`receive_uploads` (only regular files in Gradio's upload cache, decided by their
+    bytes, decoded by :mod:`ila_core.images`), but nothing reaches the store, and each accepted file is
+    removed from the upload cache once decoded, so the server keeps no copy.
+
+    Raises:
+        UserFacing: no files, or more than ``max_files``.
+    """
+    if not files:
+        raise UserFacing("No file received. Send image files. Nothing was stored.")
+    if len(files) > max_files:
+        raise UserFacing(f"Too many files in one call: {len(files)} > {max_files}. Send them in smaller batches.")
+    policy = UploadPolicy(allow_zip=False, max_files=1)
+    out = []
+    for file in files:
+        name = Path(file).name or "upload"
+        try:
+            path = check_uploads([file], upload_root=studio.temp_dir, policy=policy).files[0][0]
+        except UploadRefused as exc:  # not in the cache, not an image: left alone, never touched
+            out.append(ReadUpload(name, None, str(exc)))
+            continue
+        try:
+            out.append(ReadUpload(name, load_image(path)))
+        except BadImage as exc:
+            out.append(ReadUpload(name, None, f"{name}: {exc}. Nothing was stored."))
+        finally:
+            try:
+                path.unlink()  # checked above: a regular file inside the upload cache
+            except OSError as exc:
+                _logger.warning("could not remove a classified upload from the cache: %s", exc)
+    return out
