@@ -156,3 +156,37 @@ def test_linear_variant_trains_from_one_cached_token_per_view(tmp_path):
     entries = len(data.train) * 2 + len(data.holdout)  # two views per training image, one per holdout image
     assert result.steps == 4 and result.metrics is not None
     assert cache.stats()["memory_bytes"] <= entries * built.model.embed_dim * 2 * 2  # one fp16 token (+ slack)
+
+
+def test_residency_plan_puts_training_images_first():
+    """Training images (every view) fill the budget first; holdout images take what is left."""
+    from ila_core.training.feature_cache import plan_residency
+
+    full = plan_residency(10_000, 100, n_train=40, train_views=2, n_holdout=10)
+    assert (full.train, full.holdout, full.complete, full.note) == (40, 10, True, None)
+    tight = plan_residency(4_150, 100, n_train=40, train_views=2, n_holdout=10)
+    assert (tight.train, tight.holdout) == (20, 1) and not tight.complete
+    assert tight.note.startswith("the feature cache holds 20 of 40 training images")
+
+
+def test_a_cache_too_small_for_the_set_holds_a_fixed_subset_and_says_so(tmp_path, tiny_backbone, ila_config):
+    """Past the cache budget, fit caches a fixed subset (nothing dropped or evicted while training), trains every
+    step anyway (the rest run the frozen blocks each time), and its result says how many images the cache holds."""
+    store_path = write_toy_store(tmp_path, num_classes=3, train_per_class=8, holdout_per_class=2)
+    with LabelStore.open(store_path) as store:
+        data = snapshot(store, tmp_path)
+    cfg = TrainConfig(epochs=2, batch_size=8, warmup_steps=1, lr=0.05, drop_rate=0.0, use_feature_cache=True,
+                      freeze_cls_token=True)  # fmt: skip
+    roomy = FeatureCache(max_memory_mb=64)
+    whole = fit(prepare_model(tiny_backbone, ila_config, 3, cfg), data, cfg, cache=roomy)
+    entry = roomy.stats()["memory_bytes"] // (len(data.train) * 2 + len(data.holdout))
+    assert whole.cache_note is None
+    small = FeatureCache(max_memory_mb=entry * 2 * 10 / 2**20)  # room for 10 training images, both views
+    result = fit(prepare_model(tiny_backbone, ila_config, 3, cfg), data, cfg, cache=small)
+    assert result.cache_note.startswith(f"the feature cache holds 10 of {len(data.train)} training images")
+    assert result.steps == whole.steps and result.metrics is not None
+    stats = small.stats()
+    assert stats["dropped"] == 0 and stats["memory_bytes"] <= small.capacity_bytes()
+    # The uncached images get the same fp16 tokens, computed on the spot: the run is the same run.
+    losses = [r["loss"] for r in result.history]
+    assert losses == pytest.approx([r["loss"] for r in whole.history], rel=1e-3)

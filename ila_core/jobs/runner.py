@@ -300,7 +300,7 @@ def _train_job(store: LabelStore, row: dict[str, Any], data_dir: Path, rep: _Rep
     if rep.lost:  # marked lost while evaluating: publishing now could race a newer job
         return RunOutcome(job_id, "lost", epochs=result.epochs)
     metrics = {**_metrics_json(result.metrics), "holdout_key": key}
-    warnings = (*weak, *(w for w in (result.shortfall(),) if w))
+    warnings = (*weak, *(w for w in (result.shortfall(), result.cache_note) if w))
     rep.note_warnings(warnings)
     entry, _ = _publish(store, data_dir, rep, row, built, data, metrics, kind=kind, rivals=rivals,
                         train_config=config.to_dict(),

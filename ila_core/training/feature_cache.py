@@ -9,6 +9,12 @@ whose docstring says what counts as "frozen prefix" with a trainable or frozen C
 disk store (:mod:`ila_core.training.tensor_cache`), and here the cached views of samples and the dataset that
 serves them. Every name is importable from this module.
 
+When the training set's tokens do not fit the cache's budget (about 8,000 images of DINOv2-S at 224 px in the
+default 1 GiB memory + 2 GiB disk), a fixed resident subset is cached (:func:`plan_residency`: the first
+training images, both views, then holdout images with what is left) and the rest run the frozen blocks each
+time they are used. Nothing is evicted mid-run, so the cached part never thrashes, and the run says how many
+images the cache holds (:attr:`Residency.note`).
+
 Views are fixed: the test transform of the image and of its mirror (the recipe's random crop is given up;
 the flip is kept by picking one of the two views at random each epoch). The prefix always runs in eval mode
 (no backbone dropout there), so cached training differs from the paper recipe in exactly these two points.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -31,7 +38,46 @@ from .tensor_cache import FeatureCache
 from .transforms import Preprocess, view_transform
 
 __all__ = ["PrefixPlan", "plan_prefix", "run_prefix", "SuffixModel", "FeatureCache", "CachedFeatures",
-           "CachedDataset"]  # fmt: skip
+           "CachedDataset", "Residency", "plan_residency"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Residency:
+    """How many training and holdout images a run keeps in the feature cache, of how many."""
+
+    train: int
+    train_total: int
+    holdout: int
+    holdout_total: int
+    entry_bytes: int  # one view of one image
+    capacity_bytes: int
+
+    @property
+    def complete(self) -> bool:
+        """Every image of the run is cached."""
+        return self.train == self.train_total and self.holdout == self.holdout_total
+
+    @property
+    def note(self) -> str | None:
+        """Words for a run whose training images do not all fit (for a job card); None when they do."""
+        if self.train >= self.train_total:
+            return None
+        rest = self.train_total - self.train
+        return (f"the feature cache holds {self.train:,} of {self.train_total:,} training images "
+                f"({self.capacity_bytes / 2**30:.1f} GiB budget, {self.entry_bytes / 2**10:.0f} KiB per view); the "
+                f"other {rest:,} run the frozen blocks at every step, so training is slower: a GPU, or a bigger "
+                "cache budget, is the way past it")  # fmt: skip
+
+
+def plan_residency(capacity_bytes: int, entry_bytes: int, n_train: int, train_views: int, n_holdout: int
+                   ) -> Residency:  # fmt: skip
+    """Which images to cache: training images first (all their views; they are read every epoch), then holdout
+    images (read once per evaluation) with what is left."""
+    per_train = max(1, entry_bytes * train_views)
+    train = min(n_train, capacity_bytes // per_train)
+    left = capacity_bytes - train * per_train
+    holdout = min(n_holdout, left // max(1, entry_bytes))
+    return Residency(int(train), n_train, int(holdout), n_holdout, entry_bytes, capacity_bytes)
 
 
 class CachedFeatures:
@@ -87,11 +133,23 @@ class CachedFeatures:
                 on_batch(done, len(todo))
         return done
 
-    def tokens(self, sample: Sample, view: int) -> torch.Tensor:
-        """fp16 tokens of one (sample, view), computed now if the cache could not keep them."""
-        t = self.cache.get(self.key(sample, view))
+    def entry_bytes(self, sample: Sample) -> int:
+        """Bytes one view of one image takes in the cache (computes and stores view 0 of ``sample``)."""
+        return int(self.tokens(sample, 0, keep=True).numel() * 2)  # fp16
+
+    def held(self, samples: Sequence[Sample], views: Sequence[int]) -> int:
+        """How many of ``samples`` have every view in the cache."""
+        return sum(all(self.cache.contains(self.key(s, v)) for v in views) for s in samples)
+
+    def tokens(self, sample: Sample, view: int, *, keep: bool = False) -> torch.Tensor:
+        """fp16 tokens of one (sample, view), computed now if the cache does not hold them (stored only with
+        ``keep``: outside the resident subset they are recomputed each time rather than evicting others)."""
+        key = self.key(sample, view)
+        t = self.cache.get(key)
         if t is None:
             t = self.compute([sample], view)[0].to("cpu", torch.float16)
+            if keep:
+                self.cache.put(key, t)
         return t
 
 

@@ -9,6 +9,7 @@ beside it, and their public names are importable from here too.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -26,7 +27,15 @@ from .budget import StepBudget
 from .collectives import DistContext, _all_mean, _all_min, _all_reduce_counts, _dist_device
 from .config import TrainConfig, resolve_device
 from .dataset import ImageDataset, TrainingSet
-from .feature_cache import CachedDataset, CachedFeatures, FeatureCache, SuffixModel, plan_prefix
+from .feature_cache import (
+    CachedDataset,
+    CachedFeatures,
+    FeatureCache,
+    Residency,
+    SuffixModel,
+    plan_prefix,
+    plan_residency,
+)
 from .head_init import init_head_closed_form
 from .loaders import EpochShuffle, _loader, _Shard
 from .loop import build_optimizer, evaluate, train_one_epoch
@@ -58,6 +67,7 @@ class FitResult:
     budget_cut: bool = False  # the time budget shortened training
     train_seconds: float = 0.0  # the part the budget counts
     head_init: dict[str, float] | None = None  # LP-FT closed-form head: alpha, out-of-fold top-1
+    cache_note: str | None = None  # the feature cache could not hold every training image (see Residency.note)
 
     def shortfall(self) -> str | None:
         """Words for a run that trained fewer steps than planned, e.g. for a job card; None when it did not."""
@@ -77,6 +87,7 @@ class _Inputs:
     workers: int
     views: list[Dataset]  # the training samples under each fixed view (closed-form head fit)
     cached: bool
+    residency: Residency | None = None  # what the feature cache holds, when training runs from it
 
 
 def _inputs(
@@ -95,15 +106,32 @@ def _inputs(
                        False), None  # fmt: skip
     cache = cache or FeatureCache(max_memory_mb=1024)
     features = CachedFeatures(model, plan, prep, cache, backbone_identity(built))
-    features.fill(data.train, views, batch_size=config.eval_batch_size, should_stop=stop,
-                  on_batch=lambda d, n: progress({"phase": "cache", "step": d, "total_steps": n}))  # fmt: skip
-    features.fill(data.holdout, (0,), batch_size=config.eval_batch_size, should_stop=stop)
-    _logger.info("feature cache (%s) ready for %d images: %s", plan.describe(), len(data.train) + len(data.holdout),
-                 cache.stats())  # fmt: skip
+    residency = _fill_resident(features, data, views, config, stop, progress)
     fixed = [CachedDataset(data.train, features, train=False, view=v) for v in views]
     train = CachedDataset(data.train, features, train=config.hflip, seed=config.seed)
     holdout = CachedDataset(data.holdout, features, train=False)
-    return _Inputs(train, holdout, SuffixModel(model, plan), 0, fixed, True), cache  # the cache lives in this process
+    inputs = _Inputs(train, holdout, SuffixModel(model, plan), 0, fixed, True, residency)
+    return inputs, cache  # the cache lives in this process
+
+
+def _fill_resident(features: CachedFeatures, data: TrainingSet, views: tuple[int, ...], config: TrainConfig,
+                   stop: Callable[[], bool], progress: Callback) -> Residency | None:  # fmt: skip
+    """Fill the cache with the images that fit its budget (a fixed subset, never evicted); say what it holds."""
+    if not data.train:
+        return None
+    cache = features.cache
+    planned = plan_residency(cache.capacity_bytes(), features.entry_bytes(data.train[0]), len(data.train),
+                             len(views), len(data.holdout))  # fmt: skip
+    features.fill(data.train[: planned.train], views, batch_size=config.eval_batch_size, should_stop=stop,
+                  on_batch=lambda d, n: progress({"phase": "cache", "step": d, "total_steps": n}))  # fmt: skip
+    features.fill(data.holdout[: planned.holdout], (0,), batch_size=config.eval_batch_size, should_stop=stop)
+    # What the cache really holds: room taken by other runs' entries can leave part of the plan uncached.
+    held = dataclasses.replace(planned, train=features.held(data.train[: planned.train], views),
+                               holdout=features.held(data.holdout[: planned.holdout], (0,)))  # fmt: skip
+    _logger.info("feature cache (%s): %d of %d training and %d of %d holdout images held; %s",
+                 features.plan.describe(), held.train, held.train_total, held.holdout, held.holdout_total,
+                 cache.stats())  # fmt: skip
+    return held
 
 
 def _distribute(net: nn.Module, train: Dataset, holdout: Dataset, dist: DistContext | None, device: torch.device,
@@ -230,7 +258,7 @@ def fit(
                      seconds=time.perf_counter() - start, history=history,
                      cache_stats=cache.stats() if inputs.cached and cache is not None else {},
                      steps_requested=budget.requested, budget_cut=budget.cut, train_seconds=round(train_seconds, 2),
-                     head_init=head)  # fmt: skip
+                     head_init=head, cache_note=inputs.residency.note if inputs.residency else None)  # fmt: skip
 
 
 def _evaluate(net: nn.Module, holdout: Dataset, sampler: Sampler | None, class_names: list[str], config: TrainConfig,

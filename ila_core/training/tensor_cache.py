@@ -133,6 +133,21 @@ class FeatureCache:
             Path(tmp).unlink(missing_ok=True)
             _logger.warning("feature cache spill failed (%s); entry kept nowhere", exc)
 
+    def capacity_bytes(self) -> int:
+        """How many bytes of distinct entries the cache can hold at most (memory, disk, or both)."""
+        if self.directory is None:
+            return self.max_memory
+        if self.write_through:  # every entry goes to disk; memory holds a copy of the first ones
+            return max(self.max_memory, self.max_disk)
+        return self.max_memory + self.max_disk
+
+    def contains(self, key: str) -> bool:
+        """True when ``key`` is held in memory or on disk (no load, no hit counted)."""
+        with self._lock:
+            if key in self._mem:
+                return True
+        return self.directory is not None and self._file(key).is_file()
+
     def clear_memory(self) -> None:
         """Drop the in-memory entries (disk entries stay)."""
         with self._lock:
