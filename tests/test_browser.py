@@ -112,6 +112,9 @@ def test_label_explain_correct_and_retrain_in_the_browser(tmp_path):
                 # 18 holdout images for 6 cultivars: the card says what that means (#13 item 9)
                 expect(page.locator("#ila-job-card")).to_contain_text("Why this model may be weak")
                 expect(page.locator("#ila-job-card")).to_contain_text("holdout is tiny (18 images for 6 cultivars)")
+                # the next retrain's time, at the pace the job just measured (issue 14)
+                expect(page.locator("#ila-estimate")).to_contain_text("Next retrain ≈", timeout=30_000)
+                expect(page.locator("#ila-estimate")).to_contain_text("on this machine")
                 _shoot(page, "train", tmp_path)
 
                 page.get_by_role("tab", name="Models").click()

@@ -307,10 +307,21 @@ def _train_job(store: LabelStore, row: dict[str, Any], data_dir: Path, rep: _Rep
                         extra={"epochs": result.epochs, "steps": result.steps,
                                "steps_requested": result.steps_requested, "budget_cut": result.budget_cut,
                                "seconds": round(result.seconds, 2), "train_seconds": result.train_seconds,
-                               "head_init": result.head_init, "warnings": list(warnings)})  # fmt: skip
+                               "head_init": result.head_init, "warnings": list(warnings),
+                               "pace": _pace_record(result, data)})  # fmt: skip
     published.append(entry)
     return _finished(job_id, published, warnings, metrics=metrics, epochs=result.epochs,
                      serving=_serving(store, published, start_rival))  # fmt: skip
+
+
+def _pace_record(result: Any, data: TrainingSet) -> dict[str, Any]:
+    """What the Train tab's time estimate reads from this run (:mod:`ila_core.jobs.estimate`)."""
+    held = result.residency
+    return {"train_images": len(data.train), "holdout_images": len(data.holdout), "steps": result.steps,
+            "train_seconds": result.train_seconds, "fill_views": held.filled_views if held else 0,
+            "fill_seconds": held.fill_seconds if held else 0.0, "cache_held": held.train if held else None,
+            "entry_bytes": held.entry_bytes if held else None,
+            "capacity_bytes": held.capacity_bytes if held else None}  # fmt: skip
 
 
 def _start_publisher(store: LabelStore, data_dir: Path, rep: _Reporter, row: dict[str, Any], built: Any,

@@ -51,6 +51,8 @@ class Residency:
     holdout_total: int
     entry_bytes: int  # one view of one image
     capacity_bytes: int
+    filled_views: int = 0  # image views this run computed into the cache
+    fill_seconds: float = 0.0  # how long that took
 
     @property
     def complete(self) -> bool:

@@ -68,6 +68,7 @@ class FitResult:
     train_seconds: float = 0.0  # the part the budget counts
     head_init: dict[str, float] | None = None  # LP-FT closed-form head: alpha, out-of-fold top-1
     cache_note: str | None = None  # the feature cache could not hold every training image (see Residency.note)
+    residency: Residency | None = None  # what the feature cache held and how long filling it took
 
     def shortfall(self) -> str | None:
         """Words for a run that trained fewer steps than planned, e.g. for a job card; None when it did not."""
@@ -119,18 +120,21 @@ def _fill_resident(features: CachedFeatures, data: TrainingSet, views: tuple[int
     """Fill the cache with the images that fit its budget (a fixed subset, never evicted); say what it holds."""
     if not data.train:
         return None
-    cache = features.cache
+    cache, began = features.cache, time.perf_counter()
+    filled = 0 if features.held(data.train[:1], (0,)) else 1  # measuring an entry computes (and keeps) this one
     planned = plan_residency(cache.capacity_bytes(), features.entry_bytes(data.train[0]), len(data.train),
                              len(views), len(data.holdout))  # fmt: skip
-    features.fill(data.train[: planned.train], views, batch_size=config.eval_batch_size, should_stop=stop,
-                  on_batch=lambda d, n: progress({"phase": "cache", "step": d, "total_steps": n}))  # fmt: skip
-    features.fill(data.holdout[: planned.holdout], (0,), batch_size=config.eval_batch_size, should_stop=stop)
+    filled += features.fill(data.train[: planned.train], views, batch_size=config.eval_batch_size, should_stop=stop,
+                           on_batch=lambda d, n: progress({"phase": "cache", "step": d, "total_steps": n}))  # fmt: skip
+    filled += features.fill(data.holdout[: planned.holdout], (0,), batch_size=config.eval_batch_size,
+                            should_stop=stop)  # fmt: skip
     # What the cache really holds: room taken by other runs' entries can leave part of the plan uncached.
     held = dataclasses.replace(planned, train=features.held(data.train[: planned.train], views),
-                               holdout=features.held(data.holdout[: planned.holdout], (0,)))  # fmt: skip
-    _logger.info("feature cache (%s): %d of %d training and %d of %d holdout images held; %s",
-                 features.plan.describe(), held.train, held.train_total, held.holdout, held.holdout_total,
-                 cache.stats())  # fmt: skip
+                               holdout=features.held(data.holdout[: planned.holdout], (0,)), filled_views=filled,
+                               fill_seconds=round(time.perf_counter() - began, 3))  # fmt: skip
+    _logger.info("feature cache (%s): %d of %d training and %d of %d holdout images held; %d views computed in "
+                 "%.1f s; %s", features.plan.describe(), held.train, held.train_total, held.holdout,
+                 held.holdout_total, filled, held.fill_seconds, cache.stats())  # fmt: skip
     return held
 
 
@@ -258,7 +262,8 @@ def fit(
                      seconds=time.perf_counter() - start, history=history,
                      cache_stats=cache.stats() if inputs.cached and cache is not None else {},
                      steps_requested=budget.requested, budget_cut=budget.cut, train_seconds=round(train_seconds, 2),
-                     head_init=head, cache_note=inputs.residency.note if inputs.residency else None)  # fmt: skip
+                     head_init=head, cache_note=inputs.residency.note if inputs.residency else None,
+                     residency=inputs.residency)  # fmt: skip
 
 
 def _evaluate(net: nn.Module, holdout: Dataset, sampler: Sampler | None, class_names: list[str], config: TrainConfig,

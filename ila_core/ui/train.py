@@ -1,6 +1,9 @@
 """Train tab: one-click retrain (quick preset), live progress that survives a refresh, curves, cancel, history.
 
-The click only queues a job row (admins only, checked inside the handler); the in-app worker trains. A
+Above the button, an estimate of the next retrain's time on this machine (:mod:`ila_core.jobs.estimate`, from
+the pace the last job measured here), refreshed when an option changes or a job ends; it says when a GPU or
+``torchrun`` is the way past a long job. The click only queues a job row (admins only, checked inside the
+handler); the in-app worker trains. A
 ``gr.Timer`` reads the jobs table every few seconds, so the progress is the same after a page reload or on a
 second device. The Retrain button is disabled while a job is queued or running, and a second request
 (another user, or the API) gets "a job is already running".
@@ -14,13 +17,15 @@ from typing import Any
 import gradio as gr
 
 from ..analysis.figures import training_curves_figure
+from ..jobs.estimate import estimate_job, latest_pace
+from ..jobs.params import parse_job_params
 from ..store import JobBusy
 from ..training.config import preset
 from .errors import UserFacing, guarded
 from .jobs_view import HISTORY_HEADERS, history_rows, job_card_html
 from .studio import Studio
 
-__all__ = ["build_train_tab", "cancel_training", "start_training"]
+__all__ = ["build_train_tab", "cancel_training", "estimate_text", "start_training"]
 
 _logger = logging.getLogger(__name__)
 
@@ -78,6 +83,32 @@ def _recipe_defaults(studio: Studio) -> dict[str, Any]:
     return preset(studio.options.train_preset, **dict(studio.options.train_overrides)).to_dict()
 
 
+def _overrides(defaults: dict[str, Any], ep: float | None, mins: float | None, rate: float | None, bs: float | None,
+               sd: float | None) -> dict[str, Any]:  # fmt: skip
+    """The options the user changed from the preset (empty fields keep it)."""
+    given = {"epochs": int(ep) if ep else None, "minutes": float(mins) if mins else None,
+             "lr": float(rate) if rate else None, "batch_size": int(bs) if bs else None,
+             "seed": int(sd) if sd is not None else None}  # fmt: skip
+    return {k: v for k, v in given.items() if v is not None and v != defaults.get(k)}
+
+
+def estimate_text(studio: Studio, **overrides: Any) -> str:
+    """The next retrain's estimated time on this machine (markdown), or why there is no estimate yet."""
+    backbone, _, config = parse_job_params(studio.job_params(**overrides))
+    with studio.store() as store:
+        counts = store.label_counts_by_split()
+        versions = store.model_versions()
+    holdout = sum(n for (_, split), n in counts.items() if split == "holdout")
+    train = sum(counts.values()) - holdout
+    if train == 0:
+        return "No estimate: label some training images first."
+    pace = latest_pace(versions, backbone=backbone.name, image_size=config.image_size or backbone.image_size)
+    if pace is None:
+        return ("No time estimate yet: the first retrain on this backbone measures this machine's pace "
+                f"({train:,} training and {holdout:,} holdout images now).")  # fmt: skip
+    return estimate_job(train, holdout, config, pace).text()
+
+
 def build_train_tab(studio: Studio, demo: gr.Blocks) -> gr.Timer:
     """Lay out the Train tab inside the current ``gr.Tab``; returns its timer."""
     d = _recipe_defaults(studio)
@@ -89,6 +120,7 @@ def build_train_tab(studio: Studio, demo: gr.Blocks) -> gr.Timer:
                 retrain = gr.Button("Retrain (quick preset)", variant="primary", elem_id="ila-retrain")
                 cancel = gr.Button("Cancel job", variant="stop", elem_id="ila-cancel", interactive=False)
             message = gr.Markdown(elem_id="ila-train-message")
+            estimate = gr.Markdown(elem_id="ila-estimate", elem_classes=["ila-muted"])
             with gr.Accordion("Training options", open=False):
                 gr.Markdown("Adapters and head only; the backbone stays frozen. Empty fields keep the preset.",
                             elem_classes=["ila-muted"])  # fmt: skip
@@ -126,18 +158,27 @@ def build_train_tab(studio: Studio, demo: gr.Blocks) -> gr.Timer:
     @guarded
     def on_retrain(ep: float, mins: float | None, rate: float | None, bs: float, sd: float | None,
                    request: gr.Request) -> str:  # fmt: skip
-        overrides = {"epochs": int(ep), "minutes": float(mins) if mins else None, "lr": float(rate) if rate else None,
-                     "batch_size": int(bs), "seed": int(sd) if sd is not None else None}  # fmt: skip
-        changed = {k: v for k, v in overrides.items() if v is not None and v != d.get(k)}
-        _, text = start_training(studio, request, **changed)
+        _, text = start_training(studio, request, **_overrides(d, ep, mins, rate, bs, sd))
         return text
+
+    @guarded
+    def on_estimate(ep: float, mins: float | None, rate: float | None, bs: float, sd: float | None) -> str:
+        return estimate_text(studio, **_overrides(d, ep, mins, rate, bs, sd))
 
     @guarded
     def on_cancel(request: gr.Request) -> str:
         return cancel_training(studio, request)
 
     guarded_poll = guarded(poll)
+    options = [epochs, minutes, lr, batch, seed]
     demo.load(guarded_poll, [seen], outputs, api_visibility="private", queue=False)
+    demo.load(on_estimate, options, [estimate], api_visibility="private", queue=False)
+    for field in (epochs, minutes, batch):
+        field.change(on_estimate, options, [estimate], api_visibility="private", queue=False,
+                     show_progress="hidden")  # fmt: skip
+    # The job list changed (a job moved on or ended, perhaps with a new pace): estimate again.
+    history.change(on_estimate, options, [estimate], api_visibility="private", queue=False,
+                   show_progress="hidden")  # fmt: skip
     retrain.click(on_retrain, [epochs, minutes, lr, batch, seed], [message], api_name="ui_retrain",
                   api_visibility="private", concurrency_limit=1, concurrency_id="train").then(
         guarded_poll, [seen], outputs, api_visibility="private", queue=False)  # fmt: skip
