@@ -45,6 +45,10 @@ def test_estimate_adds_the_new_views_the_steps_and_the_holdout():
     assert "GPU" not in est.text()
     same = estimate_job(100, 20, config, pace)  # nothing new: no fill, the measured steps
     assert same.fill_views == 0 and same.train_s == pytest.approx(60.0)
+    # With the pace job's whole fit time recorded, the rest (head fit, evaluations) scales from its own.
+    timed = Pace.from_version(_version(dict(PACE, fit_seconds=94.0)))  # 94 - 60 steps - 22 fill = 12 s
+    assert timed.other_s == pytest.approx(12.0)
+    assert estimate_job(1000, 200, config, timed).eval_s == pytest.approx(12.0 * 1200 / 120)
 
 
 def test_a_budget_cut_or_a_long_job_points_at_a_gpu():

@@ -9,7 +9,8 @@ on and what the cache could hold. The next job on the same backbone and image si
 - the steps: the planned steps at the measured seconds per step (scaled by batch size), plus, when the
   training set outgrows the cache (:func:`ila_core.training.feature_cache.plan_residency`), the frozen blocks
   for the part of each batch the cache does not hold; the time budget (``minutes``) caps this part only;
-- two holdout evaluations (the step-0 network and the trained one).
+- the rest of the run (the closed-form head over the training views, two holdout evaluations), scaled from
+  the pace job's own by the number of images.
 
 It is an estimate: a shared machine runs slower when another job takes a core. Without an earlier job on the
 same backbone there is no pace to go by, and the estimate says so instead of guessing.
@@ -44,6 +45,7 @@ class Pace:
     views: int  # cached views per training image (2 with the mirror view)
     entry_bytes: int | None
     capacity_bytes: int | None
+    other_s: float | None = None  # the run's time outside the cache fill and the steps (head fit, evaluations)
 
     @classmethod
     def from_version(cls, version: dict[str, Any]) -> Pace | None:
@@ -62,6 +64,7 @@ class Pace:
             train_images=int(pace.get("train_images") or 0), holdout_images=int(pace.get("holdout_images") or 0),
             views=2 if config.get("hflip", True) else 1, entry_bytes=pace.get("entry_bytes"),
             capacity_bytes=pace.get("capacity_bytes"),
+            other_s=max(0.0, float(pace["fit_seconds"]) - seconds - filled) if pace.get("fit_seconds") else None,
         )  # fmt: skip
 
 
@@ -89,7 +92,7 @@ class Estimate:
     fill_views: int
     fill_s: float
     train_s: float  # the planned steps, before the budget
-    eval_s: float
+    eval_s: float  # the rest: the closed-form head and the holdout evaluations
     held: int  # training images the cache will hold
     pace: Pace
 
@@ -112,7 +115,7 @@ class Estimate:
         parts = [f"{self.steps:,} steps ≈ {_duration(self.train_s)}"]
         if self.fill_views:
             parts.insert(0, f"caching {self.fill_views:,} new image views ≈ {_duration(self.fill_s)}")
-        parts.append(f"holdout ≈ {_duration(self.eval_s)}")
+        parts.append(f"head fit and holdout ≈ {_duration(self.eval_s)}")
         lines = [f"**Next retrain ≈ {_duration(self.total_s)}** on this machine "
                  f"({self.train_images:,} training and {self.holdout_images:,} holdout images; "
                  f"{', '.join(parts)}; at the pace {self._measured_by()} measured here)."]  # fmt: skip
@@ -148,8 +151,10 @@ def estimate_job(train_images: int, holdout_images: int, config: TrainConfig, pa
     train_s = steps * step_s
     budget_s = None if config.minutes is None else config.minutes * 60.0
     in_budget = steps if budget_s is None else min(steps, int(budget_s // step_s) if step_s > 0 else steps)
-    suffix_s = pace.step_s / max(1, pace.batch_size) / _BACKWARD  # one cached image through the trained part
-    eval_s = 2 * holdout_images * suffix_s
+    if pace.other_s is not None and pace.train_images + pace.holdout_images > 0:
+        eval_s = pace.other_s * (train_images + holdout_images) / (pace.train_images + pace.holdout_images)
+    else:  # two holdout passes, each image once through the trained part
+        eval_s = 2 * holdout_images * pace.step_s / max(1, pace.batch_size) / _BACKWARD
     return Estimate(train_images, holdout_images, steps, in_budget, budget_s, fill_views, fill_views * view_s,
                     train_s, eval_s, held, pace)  # fmt: skip
 
