@@ -191,39 +191,17 @@ def fit(
     inputs, cache = _inputs(built, model, data, config, prep, cache, stop, progress)
     use_amp = config.amp and device.type == "cuda"
 
-    head_fit = None
-    if config.lp_init and not stop():
-        progress({"phase": "head", "step": 0, "total_steps": 1})
-        head_fit = init_head_closed_form(inputs.net, model.get_classifier(), inputs.views, len(data.class_names),
-                                         device=device, seed=config.seed, should_stop=stop)  # fmt: skip
-        if on_start is not None and head_fit is not None and dist is None and len(inputs.holdout) > 0:
-            start_metrics = _evaluate(inputs.net, inputs.holdout, None, data.class_names, config, device, None,
-                                      inputs.workers, use_amp, stop, progress)  # fmt: skip
-            if not stop():
-                on_start(start_metrics)
+    head_fit = _head_start(inputs, model, data, config, device, use_amp, dist, stop, progress, on_start)
 
     net, sampler, eval_sampler = _distribute(inputs.net, inputs.train, inputs.holdout, dist, device, config.seed)
-    world = dist.world_size if dist else 1
-    drop_last = len(inputs.train) // world >= config.batch_size  # tiny sets: keep the partial batch
-    pin = device.type == "cuda"
-    train_loader = _loader(inputs.train, config.batch_size, sampler=sampler, drop_last=drop_last,
-                           workers=inputs.workers, generator=generator, pin=pin)  # fmt: skip
-    if len(train_loader) == 0:
-        raise ValueError("no training images")
+    train_loader = _train_loader(inputs, config, sampler, dist, generator, device)
     budget = StepBudget(config.steps or config.epochs * len(train_loader), config.minutes,
                         every=10 if dist else 1, agree=lambda n: _all_min(n, dist))  # fmt: skip
     schedule = CosineWarmup(config.lr, budget.planned, config.warmup_steps, config.warmup_lr, config.min_lr)
     optimizer = build_optimizer(net, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
                                 weight_decay=config.weight_decay, adapter_lr_scale=config.adapter_lr_scale)  # fmt: skip
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
-
-    def on_step(row: dict[str, Any]) -> None:
-        done = row["global_step"]
-        if budget.step_done(done):  # the machine is slower than planned: fit the cosine to what still fits
-            schedule.total_steps = budget.planned
-        eta = budget.elapsed_s / max(done, 1) * max(budget.planned - done, 0)
-        progress({"phase": "train", "epoch": row["epoch"] + 1, "step": done, "total_steps": budget.planned,
-                  "loss": row["loss"], "lr": row["lr"], "eta_s": round(eta, 1)})  # fmt: skip
+    on_step = _step_reporter(budget, schedule, progress)
 
     history: list[dict[str, Any]] = []
     global_step, epoch, stopped = 0, 0, False
@@ -264,6 +242,49 @@ def fit(
                      steps_requested=budget.requested, budget_cut=budget.cut, train_seconds=round(train_seconds, 2),
                      head_init=head, cache_note=inputs.residency.note if inputs.residency else None,
                      residency=inputs.residency)  # fmt: skip
+
+
+def _head_start(inputs: _Inputs, model: nn.Module, data: TrainingSet, config: TrainConfig, device: torch.device,
+                use_amp: bool, dist: DistContext | None, stop: Callable[[], bool], progress: Callback,
+                on_start: Callable[[EvalMetrics], None] | None) -> Any:  # fmt: skip
+    """LP-FT: the closed-form head on the starting network; its holdout metrics to ``on_start`` (not under DDP)."""
+    if not config.lp_init or stop():
+        return None
+    progress({"phase": "head", "step": 0, "total_steps": 1})
+    head_fit = init_head_closed_form(inputs.net, model.get_classifier(), inputs.views, len(data.class_names),
+                                     device=device, seed=config.seed, should_stop=stop)  # fmt: skip
+    if on_start is not None and head_fit is not None and dist is None and len(inputs.holdout) > 0:
+        start_metrics = _evaluate(inputs.net, inputs.holdout, None, data.class_names, config, device, None,
+                                  inputs.workers, use_amp, stop, progress)  # fmt: skip
+        if not stop():
+            on_start(start_metrics)
+    return head_fit
+
+
+def _train_loader(inputs: _Inputs, config: TrainConfig, sampler: Any, dist: DistContext | None,
+                  generator: torch.Generator, device: torch.device) -> Any:  # fmt: skip
+    """Batches of the training set for this process (tiny sets keep their partial batch)."""
+    world = dist.world_size if dist else 1
+    drop_last = len(inputs.train) // world >= config.batch_size
+    loader = _loader(inputs.train, config.batch_size, sampler=sampler, drop_last=drop_last, workers=inputs.workers,
+                     generator=generator, pin=device.type == "cuda")  # fmt: skip
+    if len(loader) == 0:
+        raise ValueError("no training images")
+    return loader
+
+
+def _step_reporter(budget: StepBudget, schedule: CosineWarmup, progress: Callback) -> Callback:
+    """After each step: let the budget shrink the plan (and the cosine with it) and report progress with an ETA."""
+
+    def on_step(row: dict[str, Any]) -> None:
+        done = row["global_step"]
+        if budget.step_done(done):  # the machine is slower than planned: fit the cosine to what still fits
+            schedule.total_steps = budget.planned
+        eta = budget.elapsed_s / max(done, 1) * max(budget.planned - done, 0)
+        progress({"phase": "train", "epoch": row["epoch"] + 1, "step": done, "total_steps": budget.planned,
+                  "loss": row["loss"], "lr": row["lr"], "eta_s": round(eta, 1)})  # fmt: skip
+
+    return on_step
 
 
 def _evaluate(net: nn.Module, holdout: Dataset, sampler: Sampler | None, class_names: list[str], config: TrainConfig,

@@ -14,6 +14,7 @@ from typing import Any
 
 import gradio as gr
 
+from .bind import bind
 from .errors import UserFacing, guarded
 from .history import History, action_entry, new_history, pushed, redo_last, undo_last
 from .labelling import as_text, new_event_id, record
@@ -145,13 +146,171 @@ def _pool_page(store: Any, after: int, seen: set[int]) -> tuple[list[dict[str, A
     return [], False
 
 
-def _picker(on_pick: Any, i: int) -> Any:
-    """A handler for candidate button ``i`` (Gradio injects the request by annotation, so no lambda)."""
+def _picker(studio: Studio, i: int) -> Any:
+    """A handler for candidate button ``i`` (a plain function: Gradio injects the request by annotation)."""
 
     def pick(state: dict[str, Any], history: History, request: gr.Request) -> tuple[Any, ...]:
-        return on_pick(i, state, history, request)
+        return on_pick(studio, i, state, history, request)
 
     return pick
+
+
+# -- handlers (bound to the studio in the builder) ---------------------------------------------------
+
+
+def fast_values(studio: Studio, state: dict[str, Any]) -> list[Any]:
+    """Header, top-k, flags, candidate buttons and the correction list of the selected image (no model work)."""
+    k = studio.options.top_k
+    sel = state.get("sel")
+    if sel is None or not state["ids"]:
+        idle = [gr.Button(f"{i + 1}", interactive=False, visible=i < k) for i in range(MAX_PICKS)]
+        return [_EMPTY_HEADER, None, "", *idle, gr.Button(interactive=False), gr.Button(interactive=False),
+                gr.Button(interactive=True),  # undo takes back the session's last action, wherever it was
+                gr.Button(interactive=False), gr.Dropdown(choices=studio.models.class_names, value=None),
+                ""]  # fmt: skip
+    facts = image_facts(studio, state["ids"][sel])
+    label_value = {name: p for name, p in facts.topk} if facts.topk else None
+    buttons = []
+    for i in range(MAX_PICKS):
+        if i < len(facts.topk):
+            name, p = facts.topk[i]
+            buttons.append(gr.Button(f"{i + 1}  {name}  {p:.0%}", interactive=True, visible=i < k))
+        else:
+            buttons.append(gr.Button(f"{i + 1}", interactive=False, visible=i < k))
+    has_model = bool(facts.topk)
+    with studio.store() as store:
+        choices = store.cultivars()
+    return [header_markdown(facts), label_value, flags_html(studio, facts), *buttons,
+            gr.Button(interactive=has_model), gr.Button(interactive=True), gr.Button(interactive=True),
+            gr.Button(interactive=True),
+            gr.Dropdown(choices=choices, value=facts.topk[0][0] if facts.topk else None),
+            "Top-k is final; the heatmap follows in a moment…" if has_model else ""]  # fmt: skip
+
+
+@guarded
+def slow_values(studio: Studio, state: dict[str, Any], how: str) -> list[Any]:
+    """The explanation slider, its caption, the exemplars and the flags with the explanation's verdict."""
+    sel = state.get("sel")
+    if sel is None or not state["ids"] or studio.models.version_id is None:
+        return [None, "", [], gr.skip()]
+    facts = image_facts(studio, state["ids"][sel])
+    pair, text, outside = explain_view(studio, facts, how)
+    return [pair, text, exemplar_items(studio, facts), flags_html(studio, facts, outside)]
+
+
+@guarded
+def on_upload(studio: Studio, files: list[str] | None, state: dict[str, Any], request: gr.Request) -> list[Any]:
+    """Store the upload (refused as a whole, or reported per file), predict the new images, select the first."""
+    studio.username(request)
+    if not files:
+        return [gr.skip(), state, gr.skip(), gr.skip()]
+    report = receive_uploads(studio, files, request)
+    new_ids = report.image_ids
+    lines = [as_text(report.describe())]
+    lines += [f"- {as_text(r.file.rsplit('/', 1)[-1])}: {as_text(r.reason or '')}" for r in report.results
+              if r.status == "rejected" or (r.reason or "").startswith("label not saved")][:10]  # fmt: skip
+    if new_ids and studio.models.version_id is not None:
+        with studio.store() as store:
+            predictions_for(store, studio.models, [store.image(i) for i in new_ids])
+    ids = list(dict.fromkeys(state["ids"] + new_ids))
+    sel = ids.index(new_ids[0]) if new_ids else state.get("sel")
+    return [_gallery(studio, ids), {"ids": ids, "sel": sel}, "\n".join(lines), None]
+
+
+@guarded
+def on_pool(studio: Studio, state: dict[str, Any], after: int) -> list[Any]:
+    """Open the next page of unlabelled images after the last one this browser tab opened."""
+    seen = set(state["ids"])
+    with studio.store() as store:
+        rows, wrapped = _pool_page(store, int(after or 0), seen)
+        left = store.count_unlabelled()
+        if rows and studio.models.version_id is not None:
+            predictions_for(store, studio.models, rows)
+    if not rows:
+        raise UserFacing("No unlabelled images left in the store." if not left else
+                         f"All {left:,} unlabelled images are already open in this session.")  # fmt: skip
+    ids = state["ids"] + [r["id"] for r in rows]
+    text = f"Opened {len(rows)} unlabelled image(s) (#{rows[0]['id']}–#{rows[-1]['id']}); {left:,} unlabelled in all."
+    if wrapped:
+        text = "Reached the last unlabelled image; started again from the oldest not open here. " + text
+    return [_gallery(studio, ids), {"ids": ids, "sel": len(state["ids"])}, text, rows[-1]["id"]]
+
+
+@guarded
+def on_select(state: dict[str, Any], evt: gr.SelectData) -> dict[str, Any]:
+    """Select the clicked gallery image."""
+    return {"ids": state["ids"], "sel": int(evt.index)}
+
+
+@guarded
+def on_pick(studio: Studio, i: int, state: dict[str, Any], hist: History, request: gr.Request) -> tuple[Any, ...]:
+    """Label the selected image with candidate ``i`` (top-1 counts as accepting the model's answer)."""
+    facts = image_facts(studio, state["ids"][state["sel"]]) if state.get("sel") is not None else None
+    if facts is None or i >= len(facts.topk):
+        raise UserFacing("No candidate with that number.")
+    source = "model-accepted" if i == 0 else "expert"
+    return label_action(studio, state, hist, request, kind="label", label=facts.topk[i][0], source=source)
+
+
+@guarded
+def on_confirm(studio: Studio, state: dict[str, Any], hist: History, request: gr.Request) -> tuple[Any, ...]:
+    """Accept the top-1."""
+    return on_pick(studio, 0, state, hist, request)
+
+
+@guarded
+def on_correct(studio: Studio, label: str | None, state: dict[str, Any], hist: History,
+               request: gr.Request) -> tuple[Any, ...]:  # fmt: skip
+    """Label the selected image with the cultivar chosen in the dropdown."""
+    return label_action(studio, state, hist, request, kind="label", label=label)
+
+
+@guarded
+def on_unsure(studio: Studio, state: dict[str, Any], hist: History, request: gr.Request) -> tuple[Any, ...]:
+    """Mark the selected image unsure."""
+    return label_action(studio, state, hist, request, kind="unsure")
+
+
+@guarded
+def on_undo(studio: Studio, state: dict[str, Any], hist: History, request: gr.Request) -> tuple[Any, ...]:
+    """Undo the session's newest action."""
+    return undo_action(studio, state, hist, request)
+
+
+@guarded
+def on_redo(studio: Studio, state: dict[str, Any], hist: History, request: gr.Request) -> tuple[Any, ...]:
+    """Redo the session's newest undone action."""
+    return undo_action(studio, state, hist, request, redo=True)
+
+
+@guarded
+def on_archive(studio: Studio, state: dict[str, Any], hist: History, request: gr.Request) -> tuple[Any, ...]:
+    """Archive the selected image."""
+    return archive_action(studio, state, hist, request)
+
+
+@guarded
+def on_delete(studio: Studio, state: dict[str, Any], pending: int | None, request: gr.Request) -> tuple[Any, ...]:
+    """Arm, then delete the selected image's file for good (admins)."""
+    return delete_action(studio, state, pending, request)
+
+
+def on_clear() -> tuple[Any, ...]:
+    """Start an empty session."""
+    return _session(), [], ""
+
+
+def on_prev(state: dict[str, Any]) -> dict[str, Any]:
+    """Select the previous image."""
+    return _step(state, -1)
+
+
+def on_next(state: dict[str, Any]) -> dict[str, Any]:
+    """Select the next image."""
+    return _step(state, 1)
+
+
+# -- layout and wiring ------------------------------------------------------------------------------
 
 
 def build_classify_tab(studio: Studio, history: gr.State | None = None) -> ClassifyTab:
@@ -165,6 +324,7 @@ def build_classify_tab(studio: Studio, history: gr.State | None = None) -> Class
     session = gr.State(_session())
     history = history if history is not None else gr.State(new_history())
     armed = gr.State(None)  # the image whose file deletion waits for a second press
+    pool_at = gr.State(0)  # id of the last image this browser tab opened from the pool: the next click goes on
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
             upload = gr.File(label="Upload leaf images or a .zip", file_count="multiple",
@@ -223,162 +383,33 @@ def build_classify_tab(studio: Studio, history: gr.State | None = None) -> Class
 
     fast_out = [header, topk, flags, *picks, confirm, unsure, undo_btn, correct_btn, correction, caption]
     slow_out = [slider, caption, exemplars, flags]
-
-    def fast_values(state: dict[str, Any]) -> list[Any]:
-        sel = state.get("sel")
-        names = studio.models.class_names
-        if sel is None or not state["ids"]:
-            return [
-                _EMPTY_HEADER,
-                None,
-                "",
-                *[gr.Button(f"{i + 1}", interactive=False, visible=i < k) for i in range(MAX_PICKS)],
-                gr.Button(interactive=False),
-                gr.Button(interactive=False),
-                gr.Button(interactive=True),  # undo takes back the session's last action, wherever it was
-                gr.Button(interactive=False),
-                gr.Dropdown(choices=names, value=None),
-                "",
-            ]
-        facts = image_facts(studio, state["ids"][sel])
-        label_value = {name: p for name, p in facts.topk} if facts.topk else None
-        buttons = []
-        for i in range(MAX_PICKS):
-            if i < len(facts.topk):
-                name, p = facts.topk[i]
-                buttons.append(gr.Button(f"{i + 1}  {name}  {p:.0%}", interactive=True, visible=i < k))
-            else:
-                buttons.append(gr.Button(f"{i + 1}", interactive=False, visible=i < k))
-        has_model = bool(facts.topk)
-        with studio.store() as store:
-            choices = store.cultivars()
-        return [header_markdown(facts), label_value, flags_html(studio, facts), *buttons,
-                gr.Button(interactive=has_model), gr.Button(interactive=True), gr.Button(interactive=True),
-                gr.Button(interactive=True),
-                gr.Dropdown(choices=choices, value=facts.topk[0][0] if facts.topk else None),
-                "Top-k is final; the heatmap follows in a moment…" if has_model else ""]  # fmt: skip
-
-    @guarded
-    def slow_values(state: dict[str, Any], how: str) -> list[Any]:
-        sel = state.get("sel")
-        if sel is None or not state["ids"] or studio.models.version_id is None:
-            return [None, "", [], gr.skip()]
-        facts = image_facts(studio, state["ids"][sel])
-        pair, text, outside = explain_view(studio, facts, how)
-        return [pair, text, exemplar_items(studio, facts), flags_html(studio, facts, outside)]
-
-    @guarded
-    def on_upload(files: list[str] | None, state: dict[str, Any], request: gr.Request) -> list[Any]:
-        studio.username(request)
-        if not files:
-            return [gr.skip(), state, gr.skip(), gr.skip()]
-        report = receive_uploads(studio, files, request)  # refused as a whole (nothing stored) or reported
-        new_ids = report.image_ids
-        lines = [as_text(report.describe())]
-        lines += [f"- {as_text(r.file.rsplit('/', 1)[-1])}: {as_text(r.reason or '')}" for r in report.results
-                  if r.status == "rejected" or (r.reason or "").startswith("label not saved")][:10]  # fmt: skip
-        if new_ids and studio.models.version_id is not None:
-            with studio.store() as store:
-                predictions_for(store, studio.models, [store.image(i) for i in new_ids])
-        ids = list(dict.fromkeys(state["ids"] + new_ids))
-        sel = ids.index(new_ids[0]) if new_ids else state.get("sel")
-        state = {"ids": ids, "sel": sel}
-        return [_gallery(studio, ids), state, "\n".join(lines), None]
-
-    pool_at = gr.State(0)  # id of the last image this browser tab opened from the pool: the next click goes on
-
-    @guarded
-    def on_pool(state: dict[str, Any], after: int) -> list[Any]:
-        seen = set(state["ids"])
-        with studio.store() as store:
-            rows, wrapped = _pool_page(store, int(after or 0), seen)
-            left = store.count_unlabelled()
-            if rows and studio.models.version_id is not None:
-                predictions_for(store, studio.models, rows)
-        if not rows:
-            raise UserFacing("No unlabelled images left in the store." if not left else
-                             f"All {left:,} unlabelled images are already open in this session.")  # fmt: skip
-        ids = state["ids"] + [r["id"] for r in rows]
-        state = {"ids": ids, "sel": len(state["ids"])}
-        text = f"Opened {len(rows)} unlabelled image(s) (#{rows[0]['id']}–#{rows[-1]['id']}); {left:,} unlabelled in all."
-        if wrapped:
-            text = "Reached the last unlabelled image; started again from the oldest not open here. " + text
-        return [_gallery(studio, ids), state, text, rows[-1]["id"]]
-
-    @guarded
-    def on_select(state: dict[str, Any], evt: gr.SelectData) -> dict[str, Any]:
-        return {"ids": state["ids"], "sel": int(evt.index)}
-
-    @guarded
-    def on_pick(i: int, state: dict[str, Any], hist: History, request: gr.Request) -> tuple[Any, ...]:
-        facts = image_facts(studio, state["ids"][state["sel"]]) if state.get("sel") is not None else None
-        if facts is None or i >= len(facts.topk):
-            raise UserFacing("No candidate with that number.")
-        source = "model-accepted" if i == 0 else "expert"
-        return label_action(studio, state, hist, request, kind="label", label=facts.topk[i][0], source=source)
-
-    @guarded
-    def on_confirm(state: dict[str, Any], hist: History, request: gr.Request) -> tuple[Any, ...]:
-        return on_pick(0, state, hist, request)
-
-    @guarded
-    def on_correct(label: str | None, state: dict[str, Any], hist: History, request: gr.Request) -> tuple[Any, ...]:
-        return label_action(studio, state, hist, request, kind="label", label=label)
-
-    @guarded
-    def on_unsure(state: dict[str, Any], hist: History, request: gr.Request) -> tuple[Any, ...]:
-        return label_action(studio, state, hist, request, kind="unsure")
-
-    @guarded
-    def on_undo(state: dict[str, Any], hist: History, request: gr.Request) -> tuple[Any, ...]:
-        return undo_action(studio, state, hist, request)
-
-    @guarded
-    def on_redo(state: dict[str, Any], hist: History, request: gr.Request) -> tuple[Any, ...]:
-        return undo_action(studio, state, hist, request, redo=True)
-
-    @guarded
-    def on_archive(state: dict[str, Any], hist: History, request: gr.Request) -> tuple[Any, ...]:
-        return archive_action(studio, state, hist, request)
-
-    @guarded
-    def on_delete(state: dict[str, Any], pending: int | None, request: gr.Request) -> tuple[Any, ...]:
-        return delete_action(studio, state, pending, request)
-
-    guarded_fast = guarded(fast_values)
+    fast, slow = guarded(bind(fast_values, studio)), bind(slow_values, studio)
     act_out = [session, status, gallery, history]
+    private = {"api_visibility": "private"}
+    labels = {**private, "concurrency_id": "labels", "concurrency_limit": 4}
 
     def refresh(event: Any) -> None:
-        event.then(guarded_fast, [session], fast_out, api_visibility="private").then(
-            slow_values, [session, method], slow_out, api_visibility="private", concurrency_id="model"
-        )
+        event.then(fast, [session], fast_out, **private).then(slow, [session, method], slow_out, **private,
+                                                               concurrency_id="model")  # fmt: skip
 
-    refresh(upload.upload(on_upload, [upload, session], [gallery, session, report, upload], api_name="ui_upload",
-                          api_visibility="private", concurrency_id="model"))  # fmt: skip
-    refresh(pool_btn.click(on_pool, [session, pool_at], [gallery, session, report, pool_at], api_name="ui_open_pool",
-                           api_visibility="private", concurrency_id="model"))  # fmt: skip
-    refresh(clear_btn.click(lambda: (_session(), [], ""), None, [session, gallery, report], api_name="ui_clear",
-                            api_visibility="private"))  # fmt: skip
-    refresh(gallery.select(on_select, [session], [session], api_name="ui_select", api_visibility="private"))
-    refresh(prev_btn.click(lambda s: _step(s, -1), [session], [session], api_name="ui_prev", api_visibility="private"))
-    refresh(next_btn.click(lambda s: _step(s, 1), [session], [session], api_name="ui_next", api_visibility="private"))
+    refresh(upload.upload(bind(on_upload, studio), [upload, session], [gallery, session, report, upload],
+                          api_name="ui_upload", **private, concurrency_id="model"))  # fmt: skip
+    refresh(pool_btn.click(bind(on_pool, studio), [session, pool_at], [gallery, session, report, pool_at],
+                           api_name="ui_open_pool", **private, concurrency_id="model"))  # fmt: skip
+    refresh(clear_btn.click(on_clear, None, [session, gallery, report], api_name="ui_clear", **private))
+    refresh(gallery.select(on_select, [session], [session], api_name="ui_select", **private))
+    refresh(prev_btn.click(on_prev, [session], [session], api_name="ui_prev", **private))
+    refresh(next_btn.click(on_next, [session], [session], api_name="ui_next", **private))
     for i, btn in enumerate(picks):
-        refresh(btn.click(_picker(on_pick, i), [session, history], act_out, api_name=f"ui_pick_{i + 1}",
-                          api_visibility="private", concurrency_id="labels", concurrency_limit=4))  # fmt: skip
-    for btn, fn, name in (
-        (confirm, on_confirm, "ui_confirm"),
-        (unsure, on_unsure, "ui_unsure"),
-        (undo_btn, on_undo, "ui_undo"),
-        (redo_btn, on_redo, "ui_redo"),
-    ):
-        refresh(btn.click(fn, [session, history], act_out, api_name=name, api_visibility="private",
-                          concurrency_id="labels", concurrency_limit=4))  # fmt: skip
-    refresh(correct_btn.click(on_correct, [correction, session, history], act_out, api_name="ui_correct",
-                              api_visibility="private", concurrency_id="labels", concurrency_limit=4))  # fmt: skip
-    refresh(archive_btn.click(on_archive, [session, history], [*act_out, armed], api_name="ui_archive",
-                              api_visibility="private", concurrency_id="labels", concurrency_limit=4))  # fmt: skip
-    refresh(delete_btn.click(on_delete, [session, armed], [session, status, gallery, armed], api_name="ui_delete",
-                             api_visibility="private", concurrency_id="labels", concurrency_limit=1))  # fmt: skip
-    method.change(slow_values, [session, method], slow_out, api_name="ui_explain", api_visibility="private",
-                  concurrency_id="model")  # fmt: skip
+        refresh(btn.click(_picker(studio, i), [session, history], act_out, api_name=f"ui_pick_{i + 1}", **labels))
+    for btn, fn, name in ((confirm, on_confirm, "ui_confirm"), (unsure, on_unsure, "ui_unsure"),
+                          (undo_btn, on_undo, "ui_undo"), (redo_btn, on_redo, "ui_redo")):  # fmt: skip
+        refresh(btn.click(bind(fn, studio), [session, history], act_out, api_name=name, **labels))
+    refresh(correct_btn.click(bind(on_correct, studio), [correction, session, history], act_out,
+                              api_name="ui_correct", **labels))  # fmt: skip
+    refresh(archive_btn.click(bind(on_archive, studio), [session, history], [*act_out, armed], api_name="ui_archive",
+                              **labels))  # fmt: skip
+    refresh(delete_btn.click(bind(on_delete, studio), [session, armed], [session, status, gallery, armed],
+                             api_name="ui_delete", **{**labels, "concurrency_limit": 1}))  # fmt: skip
+    method.change(slow, [session, method], slow_out, api_name="ui_explain", **private, concurrency_id="model")
     return ClassifyTab(correction=correction)
