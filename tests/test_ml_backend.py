@@ -169,11 +169,13 @@ def test_webhook_events_that_are_not_applied_say_so(app):
 def test_bad_requests_are_refused_with_the_problem_named(app):
     url, studio, _, _ = app
     before = _counts(studio)
+    as_json = {"content-type": "application/json"}
     cases = [
-        (httpx.post(url + "/ml/predict", content=b"not json", timeout=30), 400, "not JSON"),
+        (httpx.post(url + "/ml/predict", content=b"not json", headers=as_json, timeout=30), 400, "not JSON"),
         (httpx.post(url + "/ml/predict", json={"tasks": "all"}, timeout=30), 400, "'tasks' is a list"),
         (httpx.post(url + "/ml/predict", json={"tasks": [{}] * 1001}, timeout=30), 413, "at most 1000"),
-        (httpx.post(url + "/ml/predict", content=b" " * (17 * 1024 * 1024), timeout=60), 413, "over 16 MiB"),
+        (httpx.post(url + "/ml/predict", content=b" " * (17 * 1024 * 1024), headers=as_json, timeout=60), 413,
+         "over 16 MiB"),
         (httpx.post(url + "/ml/webhook", json={"annotation": {}}, timeout=30), 400, "'action'"),
         (httpx.post(url + "/ml/webhook", json={"action": "ANNOTATION_CREATED"}, timeout=30), 400, "'annotation'"),
         (httpx.get(url + "/ml/predict", timeout=30), 405, "no GET"),
@@ -183,6 +185,22 @@ def test_bad_requests_are_refused_with_the_problem_named(app):
         assert answer.status_code == status and named in answer.json()["detail"], (status, answer.text)
     assert _counts(studio) == before
     assert httpx.get(url + "/", timeout=30).status_code == 200  # Gradio's own routes are untouched
+
+
+def test_a_web_page_cannot_post_to_the_backend(app):
+    """Without a login, a cross-site page must not make a visitor's browser record a correction or start training:
+    a foreign Origin is refused, and so is a body that is not declared JSON (what a page may send unpreflighted)."""
+    url, studio, tasks, config = app
+    before = _counts(studio)
+    event = _annotation_event(next(t for t in tasks if t["annotations"]), "Anything", config, _stamp(5))
+    page = httpx.post(url + "/ml/webhook", json=event, headers={"origin": "http://evil.example"}, timeout=30)
+    assert page.status_code == 403 and "not from web pages" in page.json()["detail"]
+    form = httpx.post(url + "/ml/webhook", content=json.dumps({"action": "START_TRAINING"}),
+                      headers={"content-type": "text/plain"}, timeout=30)  # fmt: skip
+    assert form.status_code == 415 and "application/json" in form.json()["detail"]
+    assert _counts(studio) == before
+    with studio.store() as store:
+        assert store.active_job() is None
 
 
 def test_start_training_webhook_queues_a_retrain(app):

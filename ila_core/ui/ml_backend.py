@@ -17,7 +17,10 @@ browser login; Gradio's own login does not cover these routes, so this module ch
   so they need an admin account. Deletions are answered, not applied (the label log is append-only).
 - ``GET /ml/versions``: the stored model versions.
 
-Blocking work (store, model) runs on worker threads, at most :data:`MAX_CONCURRENT` at once.
+Only server calls are taken: a request with an ``Origin`` of another site (a web page) gets 403 and a POST
+that is not ``application/json`` gets 415, so a page cannot make a visitor's browser post a "correction" to
+an app that runs without login. Blocking work (store, model) runs on worker threads, at most
+:data:`MAX_CONCURRENT` at once.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
@@ -176,18 +180,43 @@ ROUTES: dict[tuple[str, str], Handler] = {
 # -- the ASGI layer ----------------------------------------------------------------------------------
 
 
-def _basic_credentials(scope: Scope) -> tuple[str, str] | None:
+def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers") or []:
-        if key.lower() == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            if scheme.lower() != "basic":
-                return None
-            try:
-                name, sep, password = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                return None
-            return (name.strip(), password) if sep else None
+        if key.lower() == name:
+            return value.decode("latin-1")
     return None
+
+
+def _basic_credentials(scope: Scope) -> tuple[str, str] | None:
+    value = _header(scope, b"authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        name, sep, password = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (name.strip(), password) if sep else None
+
+
+def _check_server_call(scope: Scope) -> None:
+    """Refuse what only a web page would send: these routes are for servers (Label Studio), never browsers.
+
+    Without a login (loopback), a page on another site could otherwise make the visitor's browser post a
+    "correction" here. A cross-site page can send neither JSON (that needs a preflight, which is not answered)
+    nor a request without its ``Origin``; servers send JSON and no ``Origin``.
+    """
+    origin = _header(scope, b"origin")
+    if origin is not None:
+        host = _header(scope, b"host") or ""
+        if urlsplit(origin).netloc.lower() != host.lower():
+            raise Refused(403, "the ML backend takes calls from servers such as Label Studio, not from web pages")
+    if scope.get("method") == "POST":
+        kind = (_header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
+        if kind != "application/json":
+            raise Refused(415, "send the request body as JSON with 'Content-Type: application/json'")
 
 
 class LabelStudioBackend:
@@ -214,6 +243,7 @@ class LabelStudioBackend:
             if handler is None:
                 known = sorted({r for _, r in ROUTES if r == route})
                 raise Refused(405 if known else 404, f"no {scope.get('method')} {path} in the ML backend")
+            _check_server_call(scope)
             caller = self._authenticate(scope)
             body = await self._json_body(receive) if scope.get("method") == "POST" else None
             run = functools.partial(handler, self.studio, body, caller)
