@@ -32,6 +32,7 @@ from .api_types import (
     VersionAnswer,
     VersionSwitch,
 )
+from .bind import bind
 from .data import EXPORTS, import_server_path, run_export
 from .errors import UserFacing, guarded
 from .import_jobs import ImportJob
@@ -102,205 +103,232 @@ def _classified(studio: Studio, read: list[ReadUpload]) -> list[ClassifyAnswer]:
     return answers
 
 
+# -- endpoints (bound to the studio by register_api) ------------------------------------------------
+
+
+@guarded
+def predict(studio: Studio, image: FileData, request: gr.Request) -> PredictAnswer:
+    """Store one leaf image (deduplicated by content) and return the serving model's top-k for it."""
+    def require_model() -> None:  # say so before storing anything
+        if studio.models.version_id is None:
+            raise UserFacing(studio.models.unavailable())
+
+    report = receive_uploads(studio, file_paths(image), request, allow_zip=False, before_store=require_model)
+    result = report.results[0]
+    if result.status == "rejected":
+        raise UserFacing(f"Image refused: {result.reason}. Nothing was stored.")
+    with studio.store() as store:
+        row = store.image(result.image_id)
+        version, preds = predictions_for(store, studio.models, [row])
+    if version is None:
+        raise UserFacing(studio.models.unavailable())
+    topk = preds.get(int(row["id"]), [])
+    return {"image_id": int(row["id"]), "duplicate": result.status == "duplicate", "version_id": version,
+            "label": row.get("label"), "top_k": [{"label": n, "prob": round(p, 6)} for n, p in topk]}  # fmt: skip
+
+
+@guarded
+def classify(studio: Studio, image: FileData, request: gr.Request) -> ClassifyAnswer:
+    """The serving model's top-k for one leaf image; nothing is stored (the upload is removed once read)."""
+    studio.username(request)
+    read = read_uploads(studio, file_paths(image), max_files=1)
+    if read[0].image is None:
+        raise UserFacing(f"Image refused: {read[0].reason}")
+    if studio.models.version_id is None:
+        raise UserFacing(studio.models.unavailable())
+    return _classified(studio, read)[0]
+
+
+@guarded
+def classify_batch(studio: Studio, images: list[FileData], request: gr.Request) -> list[ClassifyAnswer]:
+    """Top-k for several leaf images in one call (at most 64); nothing is stored; a bad file is reported
+    in its own entry ("rejected" with the reason) and the others are still answered."""
+    studio.username(request)
+    read = read_uploads(studio, file_paths(images), max_files=MAX_CLASSIFY_FILES)
+    if studio.models.version_id is None:
+        raise UserFacing(studio.models.unavailable())
+    return _classified(studio, read)
+
+
+@guarded
+def correct(studio: Studio, image_id: int, label: str, client_event_id: str | None = None,
+            request: gr.Request = None) -> LabelAnswer:  # fmt: skip
+    """Give an image a cultivar label (one append-only event; resubmitting the same id stores nothing new)."""
+    user = studio.username(request)
+    with studio.store() as store:
+        return record(store, int(image_id), kind="label", label=label, user=user,
+                      client_event_id=client_event_id or None).as_dict()  # fmt: skip
+
+
+@guarded
+def confirm(studio: Studio, image_id: int, client_event_id: str | None = None,
+            request: gr.Request = None) -> LabelAnswer:  # fmt: skip
+    """Accept the serving model's top-1 as the image's label."""
+    user = studio.username(request)
+    with studio.store() as store:
+        _, preds = predictions_for(store, studio.models, [store.image(int(image_id))])
+        topk = preds.get(int(image_id))
+        if not topk:
+            raise UserFacing("No prediction for this image yet.")
+        return record(store, int(image_id), kind="label", label=topk[0][0], user=user, source="model-accepted",
+                      client_event_id=client_event_id or None).as_dict()  # fmt: skip
+
+
+@guarded
+def unsure(studio: Studio, image_id: int, client_event_id: str | None = None,
+           request: gr.Request = None) -> LabelAnswer:  # fmt: skip
+    """Mark an image as unsure (kept out of training)."""
+    user = studio.username(request)
+    with studio.store() as store:
+        return record(store, int(image_id), kind="unsure", label=None, user=user,
+                      client_event_id=client_event_id or None).as_dict()  # fmt: skip
+
+
+@guarded
+def undo_label(studio: Studio, image_id: int, client_event_id: str | None = None,
+               request: gr.Request = None) -> LabelAnswer:  # fmt: skip
+    """Undo the image's last label event (recorded as a new event)."""
+    user = studio.username(request)
+    with studio.store() as store:
+        return undo(store, int(image_id), user=user, client_event_id=client_event_id or None).as_dict()
+
+
+@guarded
+def history(studio: Studio, image_id: int, request: gr.Request = None) -> list[LabelEvent]:
+    """Every label event of one image, oldest first."""
+    studio.username(request)
+    with studio.store() as store:
+        return store.label_history(int(image_id))
+
+
+@guarded
+def cultivars(studio: Studio, request: gr.Request = None) -> list[str]:
+    """Known cultivar names."""
+    studio.username(request)
+    with studio.store() as store:
+        return store.cultivars()
+
+
+@guarded
+def train(studio: Studio, epochs: int | None = None, minutes: float | None = None,
+          request: gr.Request = None) -> TrainAnswer:  # fmt: skip
+    """Queue a retrain with the quick preset (admins only); answers "already running" when one is live."""
+    job_id, message = start_training(studio, request, epochs=epochs, minutes=minutes)
+    return {"job_id": job_id, "message": message}
+
+
+@guarded
+def cancel(studio: Studio, request: gr.Request = None) -> MessageAnswer:
+    """Ask the running training job to stop (admins only)."""
+    return {"message": cancel_training(studio, request)}
+
+
+@guarded
+def job(studio: Studio, job_id: int | None = None, request: gr.Request = None) -> JobAnswer:
+    """A training job's state and progress (default: the newest job)."""
+    studio.username(request)
+    with studio.store() as store:
+        if job_id is not None:
+            return _job_dict(store.job(int(job_id)))
+        jobs = store.jobs(limit=1)
+        return _job_dict(jobs[0] if jobs else None)
+
+
+@guarded
+def queue(studio: Studio, sort: str = "margin", limit: int = 48, offset: int = 0, cultivar: str | None = None,
+          split: str | None = None, version: str | None = None, request: gr.Request = None) -> QueueAnswer:
+    """A page of a Review queue: sort unlabelled, margin, disagree, unsure, newest or unlike; total and scored."""
+    studio.username(request)
+    version_id = resolve_version(studio, version)
+    page = queue_page(studio, sort=sort, cultivar=cultivar or None, split=split or None, version=version_id,
+                      limit=int(limit), offset=int(offset))  # fmt: skip
+    return queue_answer(page, version_id)
+
+
+@guarded
+def versions(studio: Studio, request: gr.Request = None) -> list[VersionAnswer]:
+    """Model versions, newest first, with their holdout summary metrics."""
+    studio.username(request)
+    with studio.store() as store:
+        rows = store.model_versions()
+    keep = ("top1", "top5", "macro_f1", "loss", "count")
+    return [{"id": v["id"], "status": v["status"], "parent_id": v["parent_id"], "job_id": v["job_id"],
+             "created_at": v["created_at"], "serving": v["id"] == studio.models.version_id,
+             "metrics": {k: (v["metrics"] or {}).get(k) for k in keep}} for v in rows]  # fmt: skip
+
+
+@guarded
+def promote(studio: Studio, version_id: int, request: gr.Request = None) -> VersionSwitch:
+    """Validate and serve a version, then mark it active (admins only)."""
+    return {"message": promote_version(studio, request, int(version_id)), "active": int(version_id)}
+
+
+@guarded
+def rollback(studio: Studio, version_id: int | None = None, request: gr.Request = None) -> VersionSwitch:
+    """Go back to the previously active version, or to ``version_id`` (admins only)."""
+    message = rollback_version(studio, request, version_id)
+    return {"message": message, "active": studio.models.version_id}
+
+
+@guarded
+def import_files(studio: Studio, files: list[FileData], split: str | None = None,
+                 request: gr.Request = None) -> ImportAnswer:  # fmt: skip
+    """Store uploaded images or zips of images (one folder per cultivar inside a zip; only admins may create
+    cultivars that way), as the Data tab's upload; ``split`` 'train' or 'holdout' for every new image."""
+    studio.username(request)
+    report = receive_uploads(studio, file_paths(files), request, split=_split(split))
+    results = list(report.results)
+    return _import_answer("done", report.describe(), results, report.cultivars_created)
+
+
+@guarded
+def import_path(studio: Studio, path: str, layout: str = "auto", split: str | None = None,
+                request: gr.Request = None) -> ImportAnswer:  # fmt: skip
+    """Import a folder, CSV, zip or Label Studio export under an import root (admins only); ``layout`` auto,
+    imagefolder, csv, ufg, fiftyone, coco, hf-imagefolder or labelstudio. Big imports run in the background:
+    follow them with /import_status."""
+    done = import_server_path(studio, request, path, layout=layout, split=_split(split))
+    if done.job is not None:
+        return _import_answer("running", f"Import of {done.count:,} files started in the background.", [],
+                              job=done.job)  # fmt: skip
+    results = list(done.results)
+    return _import_answer("done", f"Finished: {len(results)} files.", results)
+
+
+@guarded
+def import_status(studio: Studio, request: gr.Request = None) -> ImportAnswer:
+    """The latest server-path import: running (with progress), done (with its results) or none."""
+    studio.username(request)
+    return _job_import_answer(studio.imports.current())
+
+
+@guarded
+def export_data(studio: Studio, fmt: str = "csv", image_url_prefix: str | None = None,
+                request: gr.Request = None) -> FileData:  # fmt: skip
+    """Download an export: csv (current labels), history (every label event), labelstudio (tasks JSON and
+    label_config.xml, zipped; ``image_url_prefix`` before each image path) or imagefolder (zipped tree)."""
+    studio.username(request)
+    if fmt not in EXPORTS:
+        raise UserFacing(f"Unknown export format {fmt!r}: one of {', '.join(EXPORTS)}.")
+    path = run_export(studio, fmt, (image_url_prefix or "").strip() or None)
+    return FileData(path=str(path), orig_name=Path(path).name)
+
+
 def register_api(studio: Studio) -> None:
     """Add the API endpoints to the Blocks being built (call inside ``with gr.Blocks()``)."""
-
-    @guarded
-    def predict(image: FileData, request: gr.Request) -> PredictAnswer:
-        """Store one leaf image (deduplicated by content) and return the serving model's top-k for it."""
-        def require_model() -> None:  # say so before storing anything
-            if studio.models.version_id is None:
-                raise UserFacing(studio.models.unavailable())
-
-        report = receive_uploads(studio, file_paths(image), request, allow_zip=False, before_store=require_model)
-        result = report.results[0]
-        if result.status == "rejected":
-            raise UserFacing(f"Image refused: {result.reason}. Nothing was stored.")
-        with studio.store() as store:
-            row = store.image(result.image_id)
-            version, preds = predictions_for(store, studio.models, [row])
-        if version is None:
-            raise UserFacing(studio.models.unavailable())
-        topk = preds.get(int(row["id"]), [])
-        return {"image_id": int(row["id"]), "duplicate": result.status == "duplicate", "version_id": version,
-                "label": row.get("label"), "top_k": [{"label": n, "prob": round(p, 6)} for n, p in topk]}  # fmt: skip
-
-    @guarded
-    def classify(image: FileData, request: gr.Request) -> ClassifyAnswer:
-        """The serving model's top-k for one leaf image; nothing is stored (the upload is removed once read)."""
-        studio.username(request)
-        read = read_uploads(studio, file_paths(image), max_files=1)
-        if read[0].image is None:
-            raise UserFacing(f"Image refused: {read[0].reason}")
-        if studio.models.version_id is None:
-            raise UserFacing(studio.models.unavailable())
-        return _classified(studio, read)[0]
-
-    @guarded
-    def classify_batch(images: list[FileData], request: gr.Request) -> list[ClassifyAnswer]:
-        """Top-k for several leaf images in one call (at most 64); nothing is stored; a bad file is reported
-        in its own entry ("rejected" with the reason) and the others are still answered."""
-        studio.username(request)
-        read = read_uploads(studio, file_paths(images), max_files=MAX_CLASSIFY_FILES)
-        if studio.models.version_id is None:
-            raise UserFacing(studio.models.unavailable())
-        return _classified(studio, read)
-
-    @guarded
-    def correct(
-        image_id: int, label: str, client_event_id: str | None = None, request: gr.Request = None
-    ) -> LabelAnswer:
-        """Give an image a cultivar label (one append-only event; resubmitting the same id stores nothing new)."""
-        user = studio.username(request)
-        with studio.store() as store:
-            return record(store, int(image_id), kind="label", label=label, user=user,
-                          client_event_id=client_event_id or None).as_dict()  # fmt: skip
-
-    @guarded
-    def confirm(image_id: int, client_event_id: str | None = None, request: gr.Request = None) -> LabelAnswer:
-        """Accept the serving model's top-1 as the image's label."""
-        user = studio.username(request)
-        with studio.store() as store:
-            _, preds = predictions_for(store, studio.models, [store.image(int(image_id))])
-            topk = preds.get(int(image_id))
-            if not topk:
-                raise UserFacing("No prediction for this image yet.")
-            return record(store, int(image_id), kind="label", label=topk[0][0], user=user, source="model-accepted",
-                          client_event_id=client_event_id or None).as_dict()  # fmt: skip
-
-    @guarded
-    def unsure(image_id: int, client_event_id: str | None = None, request: gr.Request = None) -> LabelAnswer:
-        """Mark an image as unsure (kept out of training)."""
-        user = studio.username(request)
-        with studio.store() as store:
-            return record(store, int(image_id), kind="unsure", label=None, user=user,
-                          client_event_id=client_event_id or None).as_dict()  # fmt: skip
-
-    @guarded
-    def undo_label(image_id: int, client_event_id: str | None = None, request: gr.Request = None) -> LabelAnswer:
-        """Undo the image's last label event (recorded as a new event)."""
-        user = studio.username(request)
-        with studio.store() as store:
-            return undo(store, int(image_id), user=user, client_event_id=client_event_id or None).as_dict()
-
-    @guarded
-    def history(image_id: int, request: gr.Request = None) -> list[LabelEvent]:
-        """Every label event of one image, oldest first."""
-        studio.username(request)
-        with studio.store() as store:
-            return store.label_history(int(image_id))
-
-    @guarded
-    def cultivars(request: gr.Request = None) -> list[str]:
-        """Known cultivar names."""
-        studio.username(request)
-        with studio.store() as store:
-            return store.cultivars()
-
-    @guarded
-    def train(epochs: int | None = None, minutes: float | None = None, request: gr.Request = None) -> TrainAnswer:
-        """Queue a retrain with the quick preset (admins only); answers "already running" when one is live."""
-        job_id, message = start_training(studio, request, epochs=epochs, minutes=minutes)
-        return {"job_id": job_id, "message": message}
-
-    @guarded
-    def cancel(request: gr.Request = None) -> MessageAnswer:
-        """Ask the running training job to stop (admins only)."""
-        return {"message": cancel_training(studio, request)}
-
-    @guarded
-    def job(job_id: int | None = None, request: gr.Request = None) -> JobAnswer:
-        """A training job's state and progress (default: the newest job)."""
-        studio.username(request)
-        with studio.store() as store:
-            if job_id is not None:
-                return _job_dict(store.job(int(job_id)))
-            jobs = store.jobs(limit=1)
-            return _job_dict(jobs[0] if jobs else None)
-
-    @guarded
-    def queue(sort: str = "margin", limit: int = 48, offset: int = 0, cultivar: str | None = None,
-              split: str | None = None, version: str | None = None, request: gr.Request = None) -> QueueAnswer:
-        """A page of a Review queue: sort unlabelled, margin, disagree, unsure, newest or unlike; total and scored."""
-        studio.username(request)
-        version_id = resolve_version(studio, version)
-        page = queue_page(studio, sort=sort, cultivar=cultivar or None, split=split or None, version=version_id,
-                          limit=int(limit), offset=int(offset))  # fmt: skip
-        return queue_answer(page, version_id)
-
-    @guarded
-    def versions(request: gr.Request = None) -> list[VersionAnswer]:
-        """Model versions, newest first, with their holdout summary metrics."""
-        studio.username(request)
-        with studio.store() as store:
-            rows = store.model_versions()
-        keep = ("top1", "top5", "macro_f1", "loss", "count")
-        return [{"id": v["id"], "status": v["status"], "parent_id": v["parent_id"], "job_id": v["job_id"],
-                 "created_at": v["created_at"], "serving": v["id"] == studio.models.version_id,
-                 "metrics": {k: (v["metrics"] or {}).get(k) for k in keep}} for v in rows]  # fmt: skip
-
-    @guarded
-    def promote(version_id: int, request: gr.Request = None) -> VersionSwitch:
-        """Validate and serve a version, then mark it active (admins only)."""
-        return {"message": promote_version(studio, request, int(version_id)), "active": int(version_id)}
-
-    @guarded
-    def rollback(version_id: int | None = None, request: gr.Request = None) -> VersionSwitch:
-        """Go back to the previously active version, or to ``version_id`` (admins only)."""
-        message = rollback_version(studio, request, version_id)
-        return {"message": message, "active": studio.models.version_id}
-
-    @guarded
-    def import_files(files: list[FileData], split: str | None = None, request: gr.Request = None) -> ImportAnswer:
-        """Store uploaded images or zips of images (one folder per cultivar inside a zip; only admins may create
-        cultivars that way), as the Data tab's upload; ``split`` 'train' or 'holdout' for every new image."""
-        studio.username(request)
-        report = receive_uploads(studio, file_paths(files), request, split=_split(split))
-        results = list(report.results)
-        return _import_answer("done", report.describe(), results, report.cultivars_created)
-
-    @guarded
-    def import_path(path: str, layout: str = "auto", split: str | None = None, request: gr.Request = None
-                    ) -> ImportAnswer:  # fmt: skip
-        """Import a folder, CSV, zip or Label Studio export under an import root (admins only); ``layout`` auto,
-        imagefolder, csv, ufg, fiftyone, coco, hf-imagefolder or labelstudio. Big imports run in the background:
-        follow them with /import_status."""
-        done = import_server_path(studio, request, path, layout=layout, split=_split(split))
-        if done.job is not None:
-            return _import_answer("running", f"Import of {done.count:,} files started in the background.", [],
-                                  job=done.job)  # fmt: skip
-        results = list(done.results)
-        return _import_answer("done", f"Finished: {len(results)} files.", results)
-
-    @guarded
-    def import_status(request: gr.Request = None) -> ImportAnswer:
-        """The latest server-path import: running (with progress), done (with its results) or none."""
-        studio.username(request)
-        return _job_import_answer(studio.imports.current())
-
-    @guarded
-    def export_data(fmt: str = "csv", image_url_prefix: str | None = None, request: gr.Request = None) -> FileData:
-        """Download an export: csv (current labels), history (every label event), labelstudio (tasks JSON and
-        label_config.xml, zipped; ``image_url_prefix`` before each image path) or imagefolder (zipped tree)."""
-        studio.username(request)
-        if fmt not in EXPORTS:
-            raise UserFacing(f"Unknown export format {fmt!r}: one of {', '.join(EXPORTS)}.")
-        path = run_export(studio, fmt, (image_url_prefix or "").strip() or None)
-        return FileData(path=str(path), orig_name=Path(path).name)
-
-    gr.api(predict, api_name="predict", concurrency_id="model")
-    gr.api(classify, api_name="classify", concurrency_id="model")
-    gr.api(classify_batch, api_name="classify_batch", concurrency_id="model")
+    gr.api(bind(predict, studio), api_name="predict", concurrency_id="model")
+    gr.api(bind(classify, studio), api_name="classify", concurrency_id="model")
+    gr.api(bind(classify_batch, studio), api_name="classify_batch", concurrency_id="model")
     for fn, name in ((import_files, "import_files"), (import_path, "import_path")):
-        gr.api(fn, api_name=name, concurrency_id="import", concurrency_limit=1)
-    gr.api(import_status, api_name="import_status", concurrency_id="reads", concurrency_limit=4)
-    gr.api(export_data, api_name="export", concurrency_id="export", concurrency_limit=1)
+        gr.api(bind(fn, studio), api_name=name, concurrency_id="import", concurrency_limit=1)
+    gr.api(bind(import_status, studio), api_name="import_status", concurrency_id="reads", concurrency_limit=4)
+    gr.api(bind(export_data, studio), api_name="export", concurrency_id="export", concurrency_limit=1)
     for fn, name in ((correct, "correct"), (confirm, "confirm"), (unsure, "unsure"), (undo_label, "undo")):
-        gr.api(fn, api_name=name, concurrency_id="labels", concurrency_limit=4)
+        gr.api(bind(fn, studio), api_name=name, concurrency_id="labels", concurrency_limit=4)
     for fn, name in ((history, "label_history"), (cultivars, "cultivars"), (job, "job"), (versions, "versions"),
                      (queue, "queue")):
-        gr.api(fn, api_name=name, concurrency_id="reads", concurrency_limit=4)
-    gr.api(train, api_name="train", concurrency_id="train", concurrency_limit=1)
-    gr.api(cancel, api_name="cancel", concurrency_id="train", concurrency_limit=1)
+        gr.api(bind(fn, studio), api_name=name, concurrency_id="reads", concurrency_limit=4)
+    gr.api(bind(train, studio), api_name="train", concurrency_id="train", concurrency_limit=1)
+    gr.api(bind(cancel, studio), api_name="cancel", concurrency_id="train", concurrency_limit=1)
     for fn, name in ((promote, "promote"), (rollback, "rollback")):
-        gr.api(fn, api_name=name, concurrency_id="versions", concurrency_limit=1)
+        gr.api(bind(fn, studio), api_name=name, concurrency_id="versions", concurrency_limit=1)
