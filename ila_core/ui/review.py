@@ -15,6 +15,7 @@ from typing import Any
 import gradio as gr
 
 from ..store import QueuePage
+from .bind import bind
 from .errors import UserFacing, guarded
 from .history import History, action_entry, new_history, pushed
 from .labelling import bulk_relabel, new_event_id, undo
@@ -95,6 +96,95 @@ def selection_items(studio: Studio, chosen: list[str]) -> list[tuple[Any, str]]:
     return items
 
 
+@guarded
+def load_filters(studio: Studio) -> list[Any]:
+    """Cultivar, version and relabel choices as the store has them now."""
+    with studio.store() as store:
+        names = store.cultivars()
+    return [gr.Dropdown(choices=[ALL, *names]), gr.Dropdown(choices=_version_choices(studio)),
+            gr.Dropdown(choices=names)]  # fmt: skip
+
+
+@guarded
+def on_refresh(studio: Studio, how: str, name: str, where: str, ver: str, number: float | None) -> list[Any]:
+    """One page of the chosen queue: thumbnails, details, and what the page and the scoring cover."""
+    number = max(1, int(number or 1))
+    items, page = review_page(studio, sort=how, cultivar=None if name in (None, ALL) else name,
+                              split=SPLITS.get(where), version=ver, offset=(number - 1) * QUEUE_SIZE)  # fmt: skip
+    with studio.store() as store:
+        stored = store.count_images()
+    thumbs = [(studio.thumbs.get(i["row"]), _short(i)) for i in items]
+    choices = [(f"#{i['id']}", str(i["id"])) for i in items]
+    pages = max(1, -(-page.total // QUEUE_SIZE))
+    note = (f"Page {number} of {pages}: showing {len(items)} of {page.total:,} image(s) in this queue." if items
+            else f"This queue holds {page.total:,} image(s) ({pages} page(s))." if page.total
+            else "Nothing to review with these filters.")  # fmt: skip
+    if studio.models.version_id is None:
+        note += " No trained model yet: margin and disagreement need one."
+    else:
+        note += f" The model has scored {page.scored:,} of {stored:,} images"
+        note += "." if page.scored >= stored else "; the rest are being scored in the background."
+    return [thumbs, [_detail_row(i) for i in items], gr.CheckboxGroup(choices=choices, value=[]),
+            [i["id"] for i in items], note]  # fmt: skip
+
+
+@guarded
+def on_pick(ids: list[int], current: list[str], evt: gr.SelectData) -> list[str]:
+    """Toggle the clicked image in the selection."""
+    chosen = str(ids[int(evt.index)])
+    return [c for c in current if c != chosen] if chosen in current else [*current, chosen]
+
+
+@guarded
+def on_apply(studio: Studio, label: str | None, chosen: list[str], hist: History,
+             request: gr.Request) -> tuple[str, History]:  # fmt: skip
+    """Relabel the selection (one entry on the page's undo stack)."""
+    user = studio.username(request)
+    ids = list(dict.fromkeys(int(c) for c in chosen))
+    with studio.store() as store:
+        events, text = bulk_relabel(store, ids, label or "", user=user)
+    hist = pushed(hist, action_entry("label", list(zip(ids, events)), label=label, source="bulk"))
+    return text + " Refresh the queue to see the new order; Undo (Classify tab, Z) takes it back.", hist
+
+
+@guarded
+def on_archive(studio: Studio, chosen: list[str], hist: History, request: gr.Request) -> tuple[str, History]:
+    """Archive the selection (one entry on the page's undo stack)."""
+    return archive_selected(studio, chosen, hist, studio.username(request))
+
+
+@guarded
+def on_selection(studio: Studio, chosen: list[str]) -> list[tuple[Any, str]]:
+    """Thumbnails of the selection."""
+    return selection_items(studio, chosen or [])
+
+
+@guarded
+def on_undo(studio: Studio, chosen: list[str], request: gr.Request) -> str:
+    """Undo the last label change of each selected image."""
+    if not chosen:
+        raise UserFacing("Select at least one image.")
+    user = studio.username(request)
+    done, skipped = 0, 0
+    with studio.store() as store:
+        for c in chosen:
+            try:
+                undo(store, int(c), user=user, client_event_id=new_event_id("undo"))
+                done += 1
+            except ValueError:  # NothingToUndo: that image has no label event
+                skipped += 1
+    return f"Undid the last change on {done} image(s)" + (f"; {skipped} had nothing to undo." if skipped else ".")
+
+def select_all_shown(ids: list[int]) -> list[str]:
+    """Every image of the page."""
+    return [str(i) for i in ids]
+
+
+def clear_selection() -> list[str]:
+    """No image."""
+    return []
+
+
 def build_review_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab, history: gr.State | None = None) -> None:
     """Lay out the Review tab inside the current ``gr.Tab`` and wire its events.
 
@@ -130,76 +220,11 @@ def build_review_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab, history: gr.S
             archive_btn = gr.Button("Archive selected", size="sm", variant="stop", elem_id="ila-bulk-archive")
             message = gr.Markdown(elem_id="ila-review-message")
 
-    @guarded
-    def load_filters() -> list[Any]:
-        with studio.store() as store:
-            names = store.cultivars()
-        return [gr.Dropdown(choices=[ALL, *names]), gr.Dropdown(choices=_version_choices(studio)),
-                gr.Dropdown(choices=names)]  # fmt: skip
-
-    @guarded
-    def on_refresh(how: str, name: str, where: str, ver: str, number: float | None) -> list[Any]:
-        number = max(1, int(number or 1))
-        items, page = review_page(studio, sort=how, cultivar=None if name in (None, ALL) else name,
-                                  split=SPLITS.get(where), version=ver, offset=(number - 1) * QUEUE_SIZE)  # fmt: skip
-        with studio.store() as store:
-            stored = store.count_images()
-        thumbs = [(studio.thumbs.get(i["row"]), _short(i)) for i in items]
-        choices = [(f"#{i['id']}", str(i["id"])) for i in items]
-        pages = max(1, -(-page.total // QUEUE_SIZE))
-        note = (f"Page {number} of {pages}: showing {len(items)} of {page.total:,} image(s) in this queue." if items
-                else f"This queue holds {page.total:,} image(s) ({pages} page(s))." if page.total
-                else "Nothing to review with these filters.")  # fmt: skip
-        if studio.models.version_id is None:
-            note += " No trained model yet: margin and disagreement need one."
-        else:
-            note += f" The model has scored {page.scored:,} of {stored:,} images"
-            note += "." if page.scored >= stored else "; the rest are being scored in the background."
-        return [thumbs, [_detail_row(i) for i in items], gr.CheckboxGroup(choices=choices, value=[]),
-                [i["id"] for i in items], note]  # fmt: skip
-
-    @guarded
-    def on_pick(ids: list[int], current: list[str], evt: gr.SelectData) -> list[str]:
-        chosen = str(ids[int(evt.index)])
-        return [c for c in current if c != chosen] if chosen in current else [*current, chosen]
-
-    @guarded
-    def on_apply(label: str | None, chosen: list[str], hist: History, request: gr.Request) -> tuple[str, History]:
-        user = studio.username(request)
-        ids = list(dict.fromkeys(int(c) for c in chosen))
-        with studio.store() as store:
-            events, text = bulk_relabel(store, ids, label or "", user=user)
-        hist = pushed(hist, action_entry("label", list(zip(ids, events)), label=label, source="bulk"))
-        return text + " Refresh the queue to see the new order; Undo (Classify tab, Z) takes it back.", hist
-
-    @guarded
-    def on_archive(chosen: list[str], hist: History, request: gr.Request) -> tuple[str, History]:
-        return archive_selected(studio, chosen, hist, studio.username(request))
-
-    @guarded
-    def on_selection(chosen: list[str]) -> list[tuple[Any, str]]:
-        return selection_items(studio, chosen or [])
-
-    @guarded
-    def on_undo(chosen: list[str], request: gr.Request) -> str:
-        if not chosen:
-            raise UserFacing("Select at least one image.")
-        user = studio.username(request)
-        done, skipped = 0, 0
-        with studio.store() as store:
-            for c in chosen:
-                try:
-                    undo(store, int(c), user=user, client_event_id=new_event_id("undo"))
-                    done += 1
-                except ValueError:  # NothingToUndo: that image has no label event
-                    skipped += 1
-        return f"Undid the last change on {done} image(s)" + (f"; {skipped} had nothing to undo." if skipped else ".")
-
     filters = [cultivar, version, relabel_to]
-    demo.load(load_filters, None, filters, api_visibility="private", queue=False)
-    tab.select(load_filters, None, filters, api_visibility="private", queue=False)
-    refresh.click(load_filters, None, filters, api_visibility="private", queue=False).then(
-        on_refresh,
+    demo.load(bind(load_filters, studio), None, filters, api_visibility="private", queue=False)
+    tab.select(bind(load_filters, studio), None, filters, api_visibility="private", queue=False)
+    refresh.click(bind(load_filters, studio), None, filters, api_visibility="private", queue=False).then(
+        bind(on_refresh, studio),
         [sort, cultivar, split, version, page_no],
         [gallery, details, selected, shown, message],
         api_name="ui_review",
@@ -208,12 +233,13 @@ def build_review_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab, history: gr.S
         concurrency_limit=4,
     )
     gallery.select(on_pick, [shown, selected], [selected], api_visibility="private", queue=False)
-    select_all.click(lambda ids: [str(i) for i in ids], [shown], [selected], api_visibility="private", queue=False)
-    clear.click(list, None, [selected], api_visibility="private", queue=False)
-    apply.click(on_apply, [relabel_to, selected, history], [message, history], api_name="ui_bulk_relabel",
+    select_all.click(select_all_shown, [shown], [selected], api_visibility="private", queue=False)
+    clear.click(clear_selection, None, [selected], api_visibility="private", queue=False)
+    apply.click(bind(on_apply, studio), [relabel_to, selected, history], [message, history], api_name="ui_bulk_relabel",
                 api_visibility="private", concurrency_id="labels", concurrency_limit=4)  # fmt: skip
-    archive_btn.click(on_archive, [selected, history], [message, history], api_name="ui_bulk_archive",
+    archive_btn.click(bind(on_archive, studio), [selected, history], [message, history], api_name="ui_bulk_archive",
                       api_visibility="private", concurrency_id="labels", concurrency_limit=4)  # fmt: skip
-    selected.change(on_selection, [selected], [picked], api_visibility="private", queue=False, show_progress="hidden")
-    undo_btn.click(on_undo, [selected], [message], api_name="ui_bulk_undo", api_visibility="private",
+    selected.change(bind(on_selection, studio), [selected], [picked], api_visibility="private", queue=False,
+                    show_progress="hidden")  # fmt: skip
+    undo_btn.click(bind(on_undo, studio), [selected], [message], api_name="ui_bulk_undo", api_visibility="private",
                    concurrency_id="labels", concurrency_limit=4)  # fmt: skip
