@@ -20,6 +20,7 @@ import gradio as gr
 
 from ..data.exporters import LABEL_STUDIO_PREFIX, export
 from ..data.importers import ImportResult, OutsideImportRoots, TooManyFiles, import_path, summarise
+from .bind import bind
 from .errors import UserFacing, guarded, scrub
 from .import_jobs import ImportJob
 from .labelling import as_text
@@ -160,6 +161,62 @@ def import_server_path(
     return ServerImport(job=studio.imports.start(path, user, run), count=count)
 
 
+@guarded
+def load_counts(studio: Studio) -> list[Any]:
+    """The counts table and its one-line total."""
+    rows, line = counts_table(studio)
+    return [rows, line]
+
+
+@guarded
+def on_upload(studio: Studio, files: list[str] | None, where: str, request: gr.Request) -> list[Any]:
+    """Store an upload from the Data tab (with the chosen split) and report it per file."""
+    studio.username(request)
+    if not files:
+        return [gr.skip(), gr.skip(), gr.skip()]
+    report = receive_uploads(studio, files, request, split=SPLIT_OVERRIDE.get(where))
+    return [*_report(list(report.results), report.cultivars_created), None]
+
+
+@guarded
+def on_server(studio: Studio, path: str, layout: str, where: str, request: gr.Request) -> list[Any]:
+    """Import a server path (admins): inline, or started in the background with the timer on."""
+    done = import_server_path(studio, request, path, layout=FORMATS.get(layout, "auto"),
+                              split=SPLIT_OVERRIDE.get(where))  # fmt: skip
+    if done.job is None:
+        return [*_report(list(done.results)), gr.Timer(active=False)]
+    return [[], f"Import of {done.job.total or done.count:,} files started in the background (job {done.job.id}).",
+            gr.Timer(active=True)]  # fmt: skip
+
+
+@guarded
+def on_poll(studio: Studio) -> list[Any]:
+    """The background import's progress; its report once it finishes."""
+    job = studio.imports.current()
+    if job is None:
+        return [gr.skip(), gr.skip(), gr.Timer(active=False)]
+    rows = _report(list(job.results))[0] if job.finished else gr.skip()
+    return [rows, _progress_text(job), gr.Timer(active=not job.finished)]
+
+
+@guarded
+def on_add(studio: Studio, name: str, request: gr.Request) -> list[Any]:
+    """Add a cultivar (admins)."""
+    studio.require_admin(request, "add cultivars")
+    with studio.store() as store:
+        if name in store.cultivars():
+            raise UserFacing(f"{as_text(name)} is already a cultivar.")
+        store.add_cultivar(name)
+    rows, line = counts_table(studio)
+    return [rows, line + f" · added {as_text(name)}", ""]
+
+
+@guarded
+def on_export(studio: Studio, fmt_key: str, prefix: str) -> str:
+    """Write the chosen export for download."""
+    return str(run_export(studio, fmt_key, (prefix or "").strip() or None))
+
+
 def build_data_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
     """Lay out the Data tab inside the current ``gr.Tab`` and wire its events."""
     with gr.Row(equal_height=False):
@@ -205,62 +262,20 @@ def build_data_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
                                     "Label Studio's Local Storage; see the README)")  # fmt: skip
             download = gr.File(label="Download", interactive=False, height=80)
 
-    @guarded
-    def load_counts() -> list[Any]:
-        rows, line = counts_table(studio)
-        return [rows, line]
-
-    @guarded
-    def on_upload(files: list[str] | None, where: str, request: gr.Request) -> list[Any]:
-        studio.username(request)
-        if not files:
-            return [gr.skip(), gr.skip(), gr.skip()]
-        report = receive_uploads(studio, files, request, split=SPLIT_OVERRIDE.get(where))
-        return [*_report(list(report.results), report.cultivars_created), None]
-
-    @guarded
-    def on_server(path: str, layout: str, where: str, request: gr.Request) -> list[Any]:
-        done = import_server_path(studio, request, path, layout=FORMATS.get(layout, "auto"),
-                                  split=SPLIT_OVERRIDE.get(where))  # fmt: skip
-        if done.job is None:
-            return [*_report(list(done.results)), gr.Timer(active=False)]
-        return [[], f"Import of {done.job.total or done.count:,} files started in the background (job {done.job.id}).",
-                gr.Timer(active=True)]  # fmt: skip
-
-    @guarded
-    def on_poll() -> list[Any]:
-        job = studio.imports.current()
-        if job is None:
-            return [gr.skip(), gr.skip(), gr.Timer(active=False)]
-        rows = _report(list(job.results))[0] if job.finished else gr.skip()
-        return [rows, _progress_text(job), gr.Timer(active=not job.finished)]
-
-    @guarded
-    def on_add(name: str, request: gr.Request) -> list[Any]:
-        studio.require_admin(request, "add cultivars")
-        with studio.store() as store:
-            if name in store.cultivars():
-                raise UserFacing(f"{as_text(name)} is already a cultivar.")
-            store.add_cultivar(name)
-        rows, line = counts_table(studio)
-        return [rows, line + f" · added {as_text(name)}", ""]
-
-    @guarded
-    def on_export(fmt_key: str, prefix: str) -> str:
-        return str(run_export(studio, fmt_key, (prefix or "").strip() or None))
-
-    demo.load(load_counts, None, [counts, totals], api_visibility="private", queue=False)
-    tab.select(load_counts, None, [counts, totals], api_visibility="private", queue=False)
-    upload.upload(on_upload, [upload, split], [report, summary, upload], api_name="ui_import_upload",
-                  api_visibility="private", concurrency_id="import", concurrency_limit=1).then(
-        load_counts, None, [counts, totals], api_visibility="private", queue=False)  # fmt: skip
-    server_btn.click(on_server, [server_path, fmt, split], [report, summary, poll], api_name="ui_import_path",
-                     api_visibility="private", concurrency_id="import", concurrency_limit=1).then(
-        load_counts, None, [counts, totals], api_visibility="private", queue=False)  # fmt: skip
-    poll.tick(on_poll, None, [report, summary, poll], api_name="ui_import_poll", api_visibility="private",
-              queue=False, show_progress="hidden").then(load_counts, None, [counts, totals],
-                                                         api_visibility="private", queue=False)  # fmt: skip
-    add_btn.click(on_add, [new_cultivar], [counts, totals, new_cultivar], api_name="ui_add_cultivar",
-                  api_visibility="private")  # fmt: skip
-    export_btn.click(on_export, [export_fmt, url_prefix], [download], api_name="ui_export", api_visibility="private",
+    counts_out = [counts, totals]
+    private = {"api_visibility": "private"}
+    imports = {**private, "concurrency_id": "import", "concurrency_limit": 1}
+    show_counts = bind(load_counts, studio)
+    demo.load(show_counts, None, counts_out, **private, queue=False)
+    tab.select(show_counts, None, counts_out, **private, queue=False)
+    upload.upload(bind(on_upload, studio), [upload, split], [report, summary, upload], api_name="ui_import_upload",
+                  **imports).then(show_counts, None, counts_out, **private, queue=False)  # fmt: skip
+    server_btn.click(bind(on_server, studio), [server_path, fmt, split], [report, summary, poll],
+                     api_name="ui_import_path", **imports).then(show_counts, None, counts_out, **private,
+                                                                 queue=False)  # fmt: skip
+    poll.tick(bind(on_poll, studio), None, [report, summary, poll], api_name="ui_import_poll", **private, queue=False,
+              show_progress="hidden").then(show_counts, None, counts_out, **private, queue=False)  # fmt: skip
+    add_btn.click(bind(on_add, studio), [new_cultivar], [counts, totals, new_cultivar], api_name="ui_add_cultivar",
+                  **private)  # fmt: skip
+    export_btn.click(bind(on_export, studio), [export_fmt, url_prefix], [download], api_name="ui_export", **private,
                      concurrency_id="export", concurrency_limit=1)  # fmt: skip

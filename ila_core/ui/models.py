@@ -15,6 +15,7 @@ import numpy as np
 
 from ..analysis.figures import confusion_figure
 from ..serving import versions as versions_lib
+from .bind import bind
 from .compare import diff_versions
 from .errors import UserFacing, guarded
 from .studio import Studio
@@ -100,6 +101,71 @@ def rollback_version(studio: Studio, request: gr.Request | None, version_id: int
     return f"Rolled back: version {target} is active and serving again."
 
 
+@guarded
+def load(studio: Studio) -> list[Any]:
+    """The versions table and the version picker (a candidate first, else the newest)."""
+    with studio.store() as store:
+        versions = store.model_versions()
+    served = studio.models.version_id
+    choices = [(f"v{v['id']} · {v['status']}", str(v["id"])) for v in versions]
+    pick = next((str(v["id"]) for v in versions if v["status"] == "candidate"), None) or (
+        str(versions[0]["id"]) if versions else None)  # fmt: skip
+    return [version_rows(versions, served), gr.Dropdown(choices=choices, value=pick)]
+
+
+@guarded
+def inspect(studio: Studio, version: str | None) -> list[Any]:
+    """The chosen version against its baseline: metrics, per-cultivar changes, confusion, flips."""
+    if not version:
+        return ["No model versions yet. The first one appears when a training job finishes.", [], [], None, []]
+    diff = diff_versions(studio, int(version))
+    v, base = diff.version, diff.baseline
+    against = f"v{base['id']} ({base['status']})" if base else "nothing (first version)"
+    lines = [f"**v{v['id']}** ({v['status']}) compared with {against}."]
+    if diff.compared:
+        lines.append(f"{len(diff.flipped)} of {diff.compared} holdout images changed prediction.")
+    m = v.get("metrics") or {}
+    names = (v.get("manifest") or {}).get("class_names") or list((m.get("per_class_accuracy") or {}).keys())
+    fig = confusion_figure(np.asarray(m["confusion"]), names) if m.get("confusion") and names else None
+    with studio.store() as store:
+        thumbs = [
+            (
+                studio.thumbs.get(store.image(f["id"])),
+                f"#{f['id']} · {f['before']} → {f['after']} · label {f['label'] or '—'}",
+            )
+            for f in diff.flipped[:30]
+        ]
+    label = (
+        f"Holdout images whose prediction changed ({len(diff.flipped)})"
+        if base
+        else "Holdout images whose prediction changed (no baseline)"
+    )
+    return [" ".join(lines), diff.metrics, diff.per_class, fig, gr.Gallery(value=thumbs, label=label)]
+
+
+@guarded
+def on_promote(studio: Studio, version: str | None, pending: str | None, request: gr.Request) -> tuple[str, str | None]:
+    """Serve the chosen version (admins); a worse one needs a second press."""
+    studio.require_admin(request, "promote model versions")  # the role first: refusals reveal nothing else
+    if not version:
+        raise UserFacing("Choose a version first.")
+    drop = promotion_drop(studio, int(version))
+    if drop and pending != version:  # a worse version needs a second, deliberate press
+        return f"{drop} Press Promote again to serve it anyway.", version
+    return promote_version(studio, request, int(version)), None
+
+
+@guarded
+def on_rollback(studio: Studio, request: gr.Request) -> str:
+    """Go back to the previous active version (admins)."""
+    return rollback_version(studio, request)
+
+
+def forget_pending(_version: str | None) -> None:
+    """Another version was chosen: a pending second press no longer applies."""
+    return None
+
+
 def build_models_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
     """Lay out the Models tab inside the current ``gr.Tab`` and wire its events."""
     with gr.Row(elem_classes=["ila-toolbar"]):
@@ -124,74 +190,18 @@ def build_models_tab(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
             flipped = gr.Gallery(label="Holdout images whose prediction changed", columns=6, height=220,
                                  allow_preview=True, preview=False, fit_columns=False, object_fit="cover")  # fmt: skip
 
-    @guarded
-    def load() -> list[Any]:
-        with studio.store() as store:
-            versions = store.model_versions()
-        served = studio.models.version_id
-        choices = [(f"v{v['id']} · {v['status']}", str(v["id"])) for v in versions]
-        pick = next((str(v["id"]) for v in versions if v["status"] == "candidate"), None) or (
-            str(versions[0]["id"]) if versions else None)  # fmt: skip
-        return [version_rows(versions, served), gr.Dropdown(choices=choices, value=pick)]
-
-    @guarded
-    def inspect(version: str | None) -> list[Any]:
-        if not version:
-            return ["No model versions yet. The first one appears when a training job finishes.", [], [], None, []]
-        diff = diff_versions(studio, int(version))
-        v, base = diff.version, diff.baseline
-        against = f"v{base['id']} ({base['status']})" if base else "nothing (first version)"
-        lines = [f"**v{v['id']}** ({v['status']}) compared with {against}."]
-        if diff.compared:
-            lines.append(f"{len(diff.flipped)} of {diff.compared} holdout images changed prediction.")
-        m = v.get("metrics") or {}
-        names = (v.get("manifest") or {}).get("class_names") or list((m.get("per_class_accuracy") or {}).keys())
-        fig = confusion_figure(np.asarray(m["confusion"]), names) if m.get("confusion") and names else None
-        with studio.store() as store:
-            thumbs = [
-                (
-                    studio.thumbs.get(store.image(f["id"])),
-                    f"#{f['id']} · {f['before']} → {f['after']} · label {f['label'] or '—'}",
-                )
-                for f in diff.flipped[:30]
-            ]
-        label = (
-            f"Holdout images whose prediction changed ({len(diff.flipped)})"
-            if base
-            else "Holdout images whose prediction changed (no baseline)"
-        )
-        return [" ".join(lines), diff.metrics, diff.per_class, fig, gr.Gallery(value=thumbs, label=label)]
-
-    @guarded
-    def on_promote(version: str | None, pending: str | None, request: gr.Request) -> tuple[str, str | None]:
-        studio.require_admin(request, "promote model versions")  # the role first: refusals reveal nothing else
-        if not version:
-            raise UserFacing("Choose a version first.")
-        drop = promotion_drop(studio, int(version))
-        if drop and pending != version:  # a worse version needs a second, deliberate press
-            return f"{drop} Press Promote again to serve it anyway.", version
-        return promote_version(studio, request, int(version)), None
-
-    @guarded
-    def on_rollback(request: gr.Request) -> str:
-        return rollback_version(studio, request)
-
     details = [summary, metrics, per_class, confusion, flipped]
-    demo.load(load, None, [table, chosen], api_visibility="private", queue=False)
-    tab.select(load, None, [table, chosen], api_visibility="private", queue=False)
-    refresh.click(load, None, [table, chosen], api_name="ui_versions", api_visibility="private", queue=False)
-    chosen.change(inspect, [chosen], details, api_name="ui_compare", api_visibility="private", concurrency_id="model")
+    listing = [table, chosen]
+    private = {"api_visibility": "private"}
+    show = bind(load, studio)
     pending = gr.State(None)  # the worse version whose promotion waits for a second press
-    chosen.change(lambda _v: None, [chosen], [pending], api_visibility="private", queue=False)
-    for btn, fn, name in ((promote, on_promote, "ui_promote"), (rollback, on_rollback, "ui_rollback")):
-        inputs = [chosen, pending] if btn is promote else None
-        outputs = [message, pending] if btn is promote else [message]
-        btn.click(
-            fn,
-            inputs,
-            outputs,
-            api_name=name,
-            api_visibility="private",
-            concurrency_limit=1,
-            concurrency_id="versions",
-        ).then(load, None, [table, chosen], api_visibility="private", queue=False)
+    demo.load(show, None, listing, **private, queue=False)
+    tab.select(show, None, listing, **private, queue=False)
+    refresh.click(show, None, listing, api_name="ui_versions", **private, queue=False)
+    chosen.change(bind(inspect, studio), [chosen], details, api_name="ui_compare", **private, concurrency_id="model")
+    chosen.change(forget_pending, [chosen], [pending], **private, queue=False)
+    versions = {**private, "concurrency_limit": 1, "concurrency_id": "versions"}
+    promote.click(bind(on_promote, studio), [chosen, pending], [message, pending], api_name="ui_promote",
+                  **versions).then(show, None, listing, **private, queue=False)  # fmt: skip
+    rollback.click(bind(on_rollback, studio), None, [message], api_name="ui_rollback", **versions).then(
+        show, None, listing, **private, queue=False)  # fmt: skip

@@ -21,6 +21,7 @@ from ..jobs.estimate import estimate_job, latest_pace
 from ..jobs.params import parse_job_params
 from ..store import JobBusy
 from ..training.config import preset
+from .bind import bind
 from .errors import UserFacing, guarded
 from .jobs_view import HISTORY_HEADERS, history_rows, job_card_html
 from .studio import Studio
@@ -109,6 +110,46 @@ def estimate_text(studio: Studio, **overrides: Any) -> str:
     return estimate_job(train, holdout, config, pace).text()
 
 
+@guarded
+def poll(studio: Studio, state: dict[str, Any], request: gr.Request) -> list[Any]:
+    """The newest job's card, the buttons for this user, curves and history (redrawn only when they changed)."""
+    with studio.store() as store:
+        jobs = store.jobs(limit=20)
+        job = jobs[0] if jobs else None
+        rows = store.job_metrics(job["id"]) if job else []
+    live = job is not None and job["status"] in ("queued", "running")
+    admin = studio.is_admin(request)
+    signature = {"job": job and job["id"], "rows": len(rows), "status": job and job["status"]}
+    changed = signature != state
+    plot = gr.skip()
+    if changed:  # redraw only when a metric row or the status changed; nothing to draw before the first epoch
+        plot = training_curves_figure(_curve_rows(rows)) if rows else None
+    return [job_card_html(job), gr.Button(interactive=admin and not live),
+            gr.Button(interactive=admin and live), plot,
+            history_rows(jobs) if changed else gr.skip(), signature]  # fmt: skip
+
+
+@guarded
+def on_retrain(studio: Studio, ep: float, mins: float | None, rate: float | None, bs: float, sd: float | None,
+               request: gr.Request) -> str:  # fmt: skip
+    """Queue a retrain with the options the user changed from the preset (admins)."""
+    _, text = start_training(studio, request, **_overrides(_recipe_defaults(studio), ep, mins, rate, bs, sd))
+    return text
+
+
+@guarded
+def on_estimate(studio: Studio, ep: float, mins: float | None, rate: float | None, bs: float,
+                sd: float | None) -> str:  # fmt: skip
+    """The next retrain's time with these options."""
+    return estimate_text(studio, **_overrides(_recipe_defaults(studio), ep, mins, rate, bs, sd))
+
+
+@guarded
+def on_cancel(studio: Studio, request: gr.Request) -> str:
+    """Ask the running job to stop (admins)."""
+    return cancel_training(studio, request)
+
+
 def build_train_tab(studio: Studio, demo: gr.Blocks) -> gr.Timer:
     """Lay out the Train tab inside the current ``gr.Tab``; returns its timer."""
     d = _recipe_defaults(studio)
@@ -137,54 +178,19 @@ def build_train_tab(studio: Studio, demo: gr.Blocks) -> gr.Timer:
                                    column_widths=["7%", "15%", "10%", "17%", "12%", "39%"])  # fmt: skip
     timer = gr.Timer(studio.options.poll_seconds)
 
-    def poll(state: dict[str, Any], request: gr.Request) -> list[Any]:
-        with studio.store() as store:
-            jobs = store.jobs(limit=20)
-            job = jobs[0] if jobs else None
-            rows = store.job_metrics(job["id"]) if job else []
-        live = job is not None and job["status"] in ("queued", "running")
-        admin = studio.is_admin(request)
-        signature = {"job": job and job["id"], "rows": len(rows), "status": job and job["status"]}
-        changed = signature != state
-        plot = gr.skip()
-        if changed:  # redraw only when a metric row or the status changed; nothing to draw before the first epoch
-            plot = training_curves_figure(_curve_rows(rows)) if rows else None
-        return [job_card_html(job), gr.Button(interactive=admin and not live),
-                gr.Button(interactive=admin and live), plot,
-                history_rows(jobs) if changed else gr.skip(), signature]  # fmt: skip
-
     outputs = [card, retrain, cancel, curves, history, seen]
-
-    @guarded
-    def on_retrain(ep: float, mins: float | None, rate: float | None, bs: float, sd: float | None,
-                   request: gr.Request) -> str:  # fmt: skip
-        _, text = start_training(studio, request, **_overrides(d, ep, mins, rate, bs, sd))
-        return text
-
-    @guarded
-    def on_estimate(ep: float, mins: float | None, rate: float | None, bs: float, sd: float | None) -> str:
-        return estimate_text(studio, **_overrides(d, ep, mins, rate, bs, sd))
-
-    @guarded
-    def on_cancel(request: gr.Request) -> str:
-        return cancel_training(studio, request)
-
-    guarded_poll = guarded(poll)
     options = [epochs, minutes, lr, batch, seed]
-    demo.load(guarded_poll, [seen], outputs, api_visibility="private", queue=False)
-    demo.load(on_estimate, options, [estimate], api_visibility="private", queue=False)
+    private = {"api_visibility": "private"}
+    show, estimated = bind(poll, studio), bind(on_estimate, studio)
+    demo.load(show, [seen], outputs, **private, queue=False)
+    demo.load(estimated, options, [estimate], **private, queue=False)
     for field in (epochs, minutes, batch):
-        field.change(on_estimate, options, [estimate], api_visibility="private", queue=False,
-                     show_progress="hidden")  # fmt: skip
+        field.change(estimated, options, [estimate], **private, queue=False, show_progress="hidden")
     # The job list changed (a job moved on or ended, perhaps with a new pace): estimate again.
-    history.change(on_estimate, options, [estimate], api_visibility="private", queue=False,
-                   show_progress="hidden")  # fmt: skip
-    retrain.click(on_retrain, [epochs, minutes, lr, batch, seed], [message], api_name="ui_retrain",
-                  api_visibility="private", concurrency_limit=1, concurrency_id="train").then(
-        guarded_poll, [seen], outputs, api_visibility="private", queue=False)  # fmt: skip
-    cancel.click(on_cancel, None, [message], api_name="ui_cancel", api_visibility="private").then(
-        guarded_poll, [seen], outputs, api_visibility="private", queue=False
-    )
-    timer.tick(guarded_poll, [seen], outputs, api_name="ui_train_poll", api_visibility="private", queue=False,
-               show_progress="hidden")  # fmt: skip
+    history.change(estimated, options, [estimate], **private, queue=False, show_progress="hidden")
+    retrain.click(bind(on_retrain, studio), options, [message], api_name="ui_retrain", **private, concurrency_limit=1,
+                  concurrency_id="train").then(show, [seen], outputs, **private, queue=False)  # fmt: skip
+    cancel.click(bind(on_cancel, studio), None, [message], api_name="ui_cancel", **private).then(
+        show, [seen], outputs, **private, queue=False)  # fmt: skip
+    timer.tick(show, [seen], outputs, api_name="ui_train_poll", **private, queue=False, show_progress="hidden")
     return timer
