@@ -98,6 +98,11 @@ CANDIDATES: dict[str, Candidate] = {c.name: c for c in [  # in priority order: a
     Candidate("late-lpft-240", "as late-lpft, 240 steps", "late", {**_BASE, "steps": 240}, seeds=2),
     Candidate("late-lpft-ones", "as late-lpft, shortcut exactly ones", "late", _BASE, {"shortcut_init": "ones"},
               seeds=2),
+    # LP-FT trains with a small rate so the closed-form head is not undone while the features move (Kumar et al.).
+    Candidate("late-lpft-slowhead", "as late-lpft, head lr 0.005, adapters 0.05", "late",
+              {**_BASE, "lr": 0.005, "adapter_lr_scale": 10.0}, seeds=3),
+    Candidate("late-lpft-lr01", "as late-lpft, lr 0.01 for head and adapters", "late", {**_BASE, "lr": 0.01},
+              seeds=3),
 ]}  # fmt: skip
 QUICK = {"probe": {}, "paper-quick": {"steps": 2}, "late-lpft": {"steps": 2}}  # smoke: 2 steps each
 
