@@ -103,6 +103,8 @@ CANDIDATES: dict[str, Candidate] = {c.name: c for c in [  # in priority order: a
               {**_BASE, "lr": 0.005, "adapter_lr_scale": 10.0}, seeds=3),
     Candidate("late-lpft-lr01", "as late-lpft, lr 0.01 for head and adapters", "late", {**_BASE, "lr": 0.01},
               seeds=3),
+    Candidate("late-lpft-refit", "as late-lpft, then the head refitted in closed form on the trained features",
+              "late", {**_BASE, "refit_head": True}, seeds=3),
 ]}  # fmt: skip
 QUICK = {"probe": {}, "paper-quick": {"steps": 2}, "late-lpft": {"steps": 2}}  # smoke: 2 steps each
 

@@ -228,3 +228,31 @@ def test_zero_init_adapter_output_starts_adapters_as_their_shortcut(tiny_backbon
     noisy = prepare_model(tiny_backbone, ila_config, 3, TrainConfig(**FAST)).model.train()
     assert not torch.allclose(noisy(x), noisy(x))
     assert zero_adapter_outputs(noisy) == 2
+
+
+def test_refit_head_leaves_the_closed_form_fit_of_the_trained_features(tmp_path, tiny_backbone, ila_config):
+    """With refit_head the head after training is the ridge fit on the trained network's own features."""
+    from ila_core.checkpoint import backbone_identity
+    from ila_core.training.feature_cache import CachedDataset, CachedFeatures, FeatureCache, SuffixModel, plan_prefix
+    from ila_core.training.head_init import init_head_closed_form
+    from ila_core.training.toydata import write_toy_store
+    from ila_core.training.transforms import preprocess_for
+
+    store_path = write_toy_store(tmp_path, num_classes=3, train_per_class=6, holdout_per_class=2)
+    with LabelStore.open(store_path) as store:
+        data = snapshot(store, tmp_path)
+    cfg = TrainConfig(steps=6, batch_size=6, warmup_steps=1, lr=0.05, drop_rate=0.0, use_feature_cache=True,
+                      freeze_cls_token=True, lp_init=True, refit_head=True)  # fmt: skip
+    method = dataclasses.replace(ila_config, train_cls_token=False)
+    built = prepare_model(tiny_backbone, method, 3, cfg)
+    cache = FeatureCache(max_memory_mb=64)
+    fit(built, data, cfg, cache=cache)
+    model = built.model.eval()
+    head = model.get_classifier()
+    after = head.weight.detach().clone()
+    plan = plan_prefix(model)
+    prep = preprocess_for(model, tiny_backbone.image_size, cfg.resize_ratio)
+    features = CachedFeatures(model, plan, prep, cache, backbone_identity(built))
+    views = [CachedDataset(data.train, features, train=False, view=v) for v in (0, 1)]
+    init_head_closed_form(SuffixModel(model, plan), head, views, 3, device=torch.device("cpu"), seed=cfg.seed)
+    torch.testing.assert_close(head.weight, after, rtol=1e-4, atol=1e-5)

@@ -61,6 +61,7 @@ class TrainConfig:
     drop_rate: float = 0.1  # dropout inside the frozen blocks, active in train mode (paper)
     minutes: float | None = None  # wall-clock budget for the training steps (not the cache fill); None = no budget
     lp_init: bool = False  # LP-FT: the head starts at a closed-form fit on the initial network's features
+    refit_head: bool = False  # after the steps, the head is refitted in closed form on the trained features
     ds_placement: str = "paper"  # "late": DS-ILAs after blocks depth-3 and depth-2 unless the job names them
     use_feature_cache: bool = False
     freeze_cls_token: bool = False  # quick preset: lets the blocks before the first adapter be cached

@@ -226,6 +226,9 @@ def fit(
     if budget.cut:
         _logger.info("time budget %.1f min: %s", config.minutes, budget.describe())
     train_seconds = budget.elapsed_s
+    if config.refit_head and not stopped and dist is None:  # the steps' features, a cross-validated head on them
+        init_head_closed_form(inputs.net, model.get_classifier(), inputs.views, len(data.class_names),
+                              device=device, seed=config.seed, should_stop=stop)  # fmt: skip
 
     metrics = None
     if not stopped and len(inputs.holdout) > 0:
