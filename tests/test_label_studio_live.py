@@ -16,7 +16,6 @@ import json
 import os
 import sqlite3
 import subprocess
-from pathlib import Path
 
 import httpx
 import pytest
