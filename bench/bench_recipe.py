@@ -105,6 +105,10 @@ CANDIDATES: dict[str, Candidate] = {c.name: c for c in [  # in priority order: a
               seeds=3),
     Candidate("late-lpft-refit", "as late-lpft, then the head refitted in closed form on the trained features",
               "late", {**_BASE, "refit_head": True}, seeds=3),
+    # The cached fixed views make the training set easy: the LP-FT head fits it at once and the steps have little
+    # to learn from. Random crops (the paper's) cost the frozen blocks at every step, but keep the set hard.
+    Candidate("late-lpft-aug", "as late-lpft, uncached: random crop + flip at every step", "late",
+              {**_BASE, "use_feature_cache": False}),
 ]}  # fmt: skip
 QUICK = {"probe": {}, "paper-quick": {"steps": 2}, "late-lpft": {"steps": 2}}  # smoke: 2 steps each
 
