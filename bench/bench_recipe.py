@@ -109,6 +109,8 @@ CANDIDATES: dict[str, Candidate] = {c.name: c for c in [  # in priority order: a
     # to learn from. Random crops (the paper's) cost the frozen blocks at every step, but keep the set hard.
     Candidate("late-lpft-aug", "as late-lpft, uncached: random crop + flip at every step", "late",
               {**_BASE, "use_feature_cache": False}),
+    Candidate("late-lpft-aug-240", "as late-lpft-aug, 240 steps", "late",
+              {**_BASE, "use_feature_cache": False, "steps": 240}),
 ]}  # fmt: skip
 QUICK = {"probe": {}, "paper-quick": {"steps": 2}, "late-lpft": {"steps": 2}}  # smoke: 2 steps each
 
