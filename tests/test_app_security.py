@@ -23,8 +23,9 @@ from ila_core.ui.errors import scrub, user_message
 
 USERS = "# lab accounts\nada:correct-horse-1:admin\nbob:battery-staple-2\n"
 ADMIN, USER = ("ada", "correct-horse-1"), ("bob", "battery-staple-2")
-NAMED = ["predict", "correct", "confirm", "unsure", "undo", "label_history", "cultivars", "train", "cancel", "job",
-         "versions", "promote", "rollback"]  # fmt: skip
+NAMED = ["predict", "classify", "classify_batch", "correct", "confirm", "unsure", "undo", "label_history", "cultivars",
+         "queue", "import_files", "import_path", "import_status", "export", "train", "cancel", "job", "versions",
+         "promote", "rollback"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,8 @@ def test_named_endpoint_without_login_is_refused(secured, name):
     ("api_name", "data"),
     [("train", [None, None]), ("cancel", []), ("promote", [1]), ("rollback", [None]),
      ("ui_retrain", [2, 1.0, 0.05, 16, 1]), ("ui_promote", [None, None]), ("ui_rollback", []),
-     ("ui_import_path", ["/etc", "Detect automatically", "Keep the layout's split"]), ("ui_add_cultivar", ["Zinnia"])],
+     ("ui_import_path", ["/etc", "Detect automatically", "Keep the layout's split"]), ("ui_add_cultivar", ["Zinnia"]),
+     ("import_path", ["/etc", "auto", None])],
     ids=lambda v: v if isinstance(v, str) else "",
 )  # fmt: skip
 def test_admin_actions_by_a_plain_user_are_refused_in_the_handler(secured, api_name, data):
