@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from ui_support import launched, small_options, wait_for_job
+from ui_support import served, small_options
 
 from ila_core.data.synthetic import SyntheticConfig, generate
 
@@ -25,9 +25,7 @@ def app(tmp_path_factory):
     """A launched studio with one import root, serving its first model; yields (url, studio, root)."""
     root = tmp_path_factory.mktemp("incoming")
     options = small_options(import_roots=(root,))
-    with launched(tmp_path_factory.mktemp("studio"), options) as (_, url, studio):
-        job = wait_for_job(studio, timeout=120)
-        assert job["status"] == "succeeded", job["message"]
+    with served(tmp_path_factory.mktemp("studio"), options) as (_, url, studio):
         yield url, studio, root
 
 

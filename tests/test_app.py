@@ -16,7 +16,7 @@ import httpx
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from ui_support import fn_index, launched, raw_queue_call, small_options, wait_for, wait_for_job
+from ui_support import fn_index, raw_queue_call, served, small_options, wait_for, wait_for_job
 
 from ila_core.config import AppConfig
 from ila_core.data.synthetic import SyntheticConfig, generate
@@ -29,9 +29,7 @@ def app(tmp_path_factory):
     """A launched studio whose first (seeded) training job has finished."""
     data_dir = tmp_path_factory.mktemp("studio")
     options = small_options(import_roots=(tmp_path_factory.mktemp("incoming"),))
-    with launched(data_dir, options) as (demo, url, studio):
-        job = wait_for_job(studio, timeout=120)
-        assert job["status"] == "succeeded", job["message"]
+    with served(data_dir, options) as (demo, url, studio):
         yield demo, url, studio
 
 

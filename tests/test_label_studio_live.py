@@ -19,7 +19,7 @@ import subprocess
 
 import httpx
 import pytest
-from ui_support import free_port, launched, small_options, wait_for, wait_for_job
+from ui_support import free_port, served, small_options, wait_for
 
 from ila_core.data.formats.label_studio import export_tasks, label_config
 from ila_core.ui.auth import Users
@@ -65,8 +65,7 @@ def test_label_studio_gets_predictions_and_sends_annotations_back(tmp_path, labe
     from label_studio_sdk import LabelStudio
 
     users = Users.parse(f"{ADMIN}:{PASSWORD}:admin")
-    with launched(tmp_path / "data", small_options(), users=users) as (_, url, studio):
-        assert wait_for_job(studio, timeout=120)["status"] == "succeeded"
+    with served(tmp_path / "data", small_options(), users=users) as (_, url, studio):
         with studio.store() as store:
             export_tasks(store, tmp_path / "tasks.json")
             config = label_config(store.cultivars())
@@ -76,8 +75,8 @@ def test_label_studio_gets_predictions_and_sends_annotations_back(tmp_path, labe
         ls.projects.import_tasks(id=project.id, request=tasks)
         backend = ls.ml.create(project=project.id, url=url.rstrip("/") + "/ml", title="ILA Studio",
                                auth_method="BASIC_AUTH", basic_auth_user=ADMIN, basic_auth_pass=PASSWORD)  # fmt: skip
-        served = f"v{studio.models.version_id}"
-        assert backend.model_version == served, backend
+        serving = f"v{studio.models.version_id}"
+        assert backend.model_version == serving, backend
 
         ls.actions.create(id="retrieve_tasks_predictions", project=project.id,
                           selected_items={"all": True, "excluded": []})  # fmt: skip
@@ -87,7 +86,7 @@ def test_label_studio_gets_predictions_and_sends_annotations_back(tmp_path, labe
             for p in predictions:
                 sha = ls.tasks.get(id=p.task).data["sha256"]
                 best = store.latest_prediction(store.image_by_sha256(sha)["id"], studio.models.version_id)["topk"][0]
-                assert p.model_version == served and p.score == pytest.approx(best["prob"], abs=1e-6)
+                assert p.model_version == serving and p.score == pytest.approx(best["prob"], abs=1e-6)
                 assert p.result[0]["value"]["choices"] == [best["label"]]
 
         # Label Studio made a project webhook for the backend; it needs the same Basic credentials.

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from ui_support import launched, small_options, wait_for, wait_for_job
+from ui_support import launched, served, small_options, wait_for, wait_for_job
 
 from ila_core.data.formats.label_studio import export_tasks, label_config
 from ila_core.ui.auth import Users
@@ -41,9 +41,7 @@ def _stamp(minutes: float = 0.0) -> str:
 def app(tmp_path_factory):
     """A launched studio (no login) serving its first model; yields (url, studio, tasks, label config)."""
     data_dir = tmp_path_factory.mktemp("ml-backend")
-    with launched(data_dir, small_options()) as (_, url, studio):
-        job = wait_for_job(studio, timeout=120)
-        assert job["status"] == "succeeded", job["message"]
+    with served(data_dir, small_options()) as (_, url, studio):
         out = tmp_path_factory.mktemp("ls") / "tasks.json"
         with studio.store() as store:
             export_tasks(store, out)
@@ -59,15 +57,15 @@ def _counts(studio) -> tuple[int, int]:
 
 def test_health_and_setup_answer_the_served_version(app):
     url, studio, _, config = app
-    served = f"v{studio.models.version_id}"
+    serving = f"v{studio.models.version_id}"
     for path in ("/ml", "/ml/health"):
         answer = httpx.get(url + path, timeout=30)
         assert answer.status_code == 200, answer.text
-        assert answer.json() == {"status": "UP", "model_class": "ILAStudio", "model_version": served}
+        assert answer.json() == {"status": "UP", "model_class": "ILAStudio", "model_version": serving}
     answer = httpx.post(url + "/ml/setup", json=_fixture("setup_request.json", label_config=config), timeout=30)
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"model_version": served}
-    assert served in httpx.get(url + "/ml/versions", timeout=30).json()["versions"]
+    assert answer.json() == {"model_version": serving}
+    assert serving in httpx.get(url + "/ml/versions", timeout=30).json()["versions"]
 
 
 def test_setup_refuses_a_config_without_a_cultivar_choice(app):
@@ -91,8 +89,8 @@ def test_predict_answers_every_task_in_order_with_sdk_valid_predictions(app):
                         timeout=120)  # fmt: skip
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    served = studio.models.version_id
-    assert body["model_version"] == f"v{served}"
+    serving = studio.models.version_id
+    assert body["model_version"] == f"v{serving}"
     results = body["results"]
     assert len(results) == len(sent) and results[-1] == []
     interface = LabelInterface(config)
@@ -102,10 +100,10 @@ def test_predict_answers_every_task_in_order_with_sdk_valid_predictions(app):
             prediction = predictions[0]
             assert interface.validate_prediction(prediction, return_errors=True) == []
             PredictionValue(**prediction)
-            stored = store.latest_prediction(task["id"], served)["topk"][0]
+            stored = store.latest_prediction(task["id"], serving)["topk"][0]
             assert prediction["result"][0]["value"]["choices"] == [stored["label"]]
             assert prediction["score"] == pytest.approx(stored["prob"], abs=1e-6)
-            assert prediction["model_version"] == f"v{served}"
+            assert prediction["model_version"] == f"v{serving}"
     assert _counts(studio) == before  # no image, no label event
 
 

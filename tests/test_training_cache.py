@@ -163,9 +163,9 @@ def test_residency_plan_puts_training_images_first():
     from ila_core.training.feature_cache import plan_residency
 
     full = plan_residency(10_000, 100, n_train=40, train_views=2, n_holdout=10)
-    assert (full.train, full.holdout, full.complete, full.note) == (40, 10, True, None)
+    assert (full.train, full.holdout, full.train_total, full.holdout_total, full.note) == (40, 10, 40, 10, None)
     tight = plan_residency(4_150, 100, n_train=40, train_views=2, n_holdout=10)
-    assert (tight.train, tight.holdout) == (20, 1) and not tight.complete
+    assert (tight.train, tight.holdout) == (20, 1) and tight.train < tight.train_total
     assert tight.note.startswith("the feature cache holds 20 of 40 training images")
 
 

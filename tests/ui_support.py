@@ -55,6 +55,17 @@ def launched(
         studio.close()
 
 
+@contextlib.contextmanager
+def served(
+    data_dir: Path, options: StudioOptions, *, users: Users | None = None
+) -> Iterator[tuple[Any, str, Studio]]:
+    """:func:`launched`, once the first (seeded) training job has succeeded: a studio serving its first model."""
+    with launched(data_dir, options, users=users) as (demo, url, studio):
+        job = wait_for_job(studio, timeout=120)
+        assert job["status"] == "succeeded", job["message"]
+        yield demo, url, studio
+
+
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.25) -> Any:
     """Poll ``predicate()`` until it returns something truthy; fail with ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout

@@ -318,8 +318,8 @@ def _pace_record(result: Any, data: TrainingSet) -> dict[str, Any]:
     """What the Train tab's time estimate reads from this run (:mod:`ila_core.jobs.estimate`)."""
     held = result.residency
     return {"train_images": len(data.train), "holdout_images": len(data.holdout), "steps": result.steps,
-            "train_seconds": result.train_seconds, "fit_seconds": round(result.seconds, 2), "fill_views": held.filled_views if held else 0,
-            "fill_seconds": held.fill_seconds if held else 0.0, "cache_held": held.train if held else None,
+            "train_seconds": result.train_seconds, "fit_seconds": round(result.seconds, 2),
+            "fill_views": held.filled_views if held else 0, "fill_seconds": held.fill_seconds if held else 0.0, "cache_held": held.train if held else None,
             "entry_bytes": held.entry_bytes if held else None,
             "capacity_bytes": held.capacity_bytes if held else None}  # fmt: skip
 

@@ -55,11 +55,6 @@ class Residency:
     fill_seconds: float = 0.0  # how long that took
 
     @property
-    def complete(self) -> bool:
-        """Every image of the run is cached."""
-        return self.train == self.train_total and self.holdout == self.holdout_total
-
-    @property
     def note(self) -> str | None:
         """Words for a run whose training images do not all fit (for a job card); None when they do."""
         if self.train >= self.train_total:

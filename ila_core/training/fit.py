@@ -67,8 +67,12 @@ class FitResult:
     budget_cut: bool = False  # the time budget shortened training
     train_seconds: float = 0.0  # the part the budget counts
     head_init: dict[str, float] | None = None  # LP-FT closed-form head: alpha, out-of-fold top-1
-    cache_note: str | None = None  # the feature cache could not hold every training image (see Residency.note)
     residency: Residency | None = None  # what the feature cache held and how long filling it took
+
+    @property
+    def cache_note(self) -> str | None:
+        """Words for a run whose feature cache could not hold every training image; None when it could."""
+        return self.residency.note if self.residency is not None else None
 
     def shortfall(self) -> str | None:
         """Words for a run that trained fewer steps than planned, e.g. for a job card; None when it did not."""
@@ -243,8 +247,7 @@ def fit(
                      seconds=time.perf_counter() - start, history=history,
                      cache_stats=cache.stats() if inputs.cached and cache is not None else {},
                      steps_requested=budget.requested, budget_cut=budget.cut, train_seconds=round(train_seconds, 2),
-                     head_init=head, cache_note=inputs.residency.note if inputs.residency else None,
-                     residency=inputs.residency)  # fmt: skip
+                     head_init=head, residency=inputs.residency)  # fmt: skip
 
 
 def _head_start(inputs: _Inputs, model: nn.Module, data: TrainingSet, config: TrainConfig, device: torch.device,

@@ -103,6 +103,15 @@ def _classified(studio: Studio, read: list[ReadUpload]) -> list[ClassifyAnswer]:
     return answers
 
 
+def _label_event(studio: Studio, request: gr.Request | None, image_id: int, client_event_id: str | None,
+                 **event: Any) -> LabelAnswer:  # fmt: skip
+    """Record one label event for the caller (``kind``, ``label``, ``source``), idempotent by client event id."""
+    user = studio.username(request)
+    with studio.store() as store:
+        return record(store, int(image_id), user=user, client_event_id=client_event_id or None,
+                      **event).as_dict()  # type: ignore[return-value]
+
+
 # -- endpoints (bound to the studio by register_api) ------------------------------------------------
 
 
@@ -154,34 +163,28 @@ def classify_batch(studio: Studio, images: list[FileData], request: gr.Request) 
 def correct(studio: Studio, image_id: int, label: str, client_event_id: str | None = None,
             request: gr.Request = None) -> LabelAnswer:  # fmt: skip
     """Give an image a cultivar label (one append-only event; resubmitting the same id stores nothing new)."""
-    user = studio.username(request)
-    with studio.store() as store:
-        return record(store, int(image_id), kind="label", label=label, user=user,
-                      client_event_id=client_event_id or None).as_dict()  # fmt: skip
+    return _label_event(studio, request, image_id, client_event_id, kind="label", label=label)
 
 
 @guarded
 def confirm(studio: Studio, image_id: int, client_event_id: str | None = None,
             request: gr.Request = None) -> LabelAnswer:  # fmt: skip
     """Accept the serving model's top-1 as the image's label."""
-    user = studio.username(request)
+    studio.username(request)  # the login first: a refusal runs no model
     with studio.store() as store:
         _, preds = predictions_for(store, studio.models, [store.image(int(image_id))])
-        topk = preds.get(int(image_id))
-        if not topk:
-            raise UserFacing("No prediction for this image yet.")
-        return record(store, int(image_id), kind="label", label=topk[0][0], user=user, source="model-accepted",
-                      client_event_id=client_event_id or None).as_dict()  # fmt: skip
+    topk = preds.get(int(image_id))
+    if not topk:
+        raise UserFacing("No prediction for this image yet.")
+    return _label_event(studio, request, image_id, client_event_id, kind="label", label=topk[0][0],
+                        source="model-accepted")  # fmt: skip
 
 
 @guarded
 def unsure(studio: Studio, image_id: int, client_event_id: str | None = None,
            request: gr.Request = None) -> LabelAnswer:  # fmt: skip
     """Mark an image as unsure (kept out of training)."""
-    user = studio.username(request)
-    with studio.store() as store:
-        return record(store, int(image_id), kind="unsure", label=None, user=user,
-                      client_event_id=client_event_id or None).as_dict()  # fmt: skip
+    return _label_event(studio, request, image_id, client_event_id, kind="unsure", label=None)
 
 
 @guarded

@@ -22,7 +22,7 @@ from starlette.requests import Request
 
 from .throttle import LoginThrottle
 
-__all__ = ["LoginGuard", "QueueGuard", "UploadGuard", "STORAGE_FULL", "respond"]
+__all__ = ["LoginGuard", "QueueGuard", "UploadGuard", "STORAGE_FULL", "header", "respond"]
 
 _logger = logging.getLogger(__name__)
 
@@ -165,14 +165,19 @@ class UploadGuard:
             await respond(send, 507, {"detail": STORAGE_FULL})
 
 
+def header(scope: Scope, name: bytes) -> str | None:
+    """The request header ``name`` (lower-case bytes), or None."""
+    for key, value in scope.get("headers") or []:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
 def _content_length(scope: Scope) -> int:
-    for key, value in scope.get("headers", []):
-        if key == b"content-length":
-            try:
-                return max(0, int(value))
-            except ValueError:
-                return 0
-    return 0
+    try:
+        return max(0, int(header(scope, b"content-length") or 0))
+    except ValueError:
+        return 0
 
 
 class QueueGuard:

@@ -52,7 +52,7 @@ from ..data.formats.label_studio_ml import (
     webhook_annotation,
 )
 from .errors import UserFacing, user_message
-from .middleware import ASGIApp, Receive, Scope, Send, respond
+from .middleware import ASGIApp, Receive, Scope, Send, header, respond
 from .scoring import predictions_for
 from .studio import LOCAL_USER, Studio
 from .train import start_training
@@ -180,15 +180,8 @@ ROUTES: dict[tuple[str, str], Handler] = {
 # -- the ASGI layer ----------------------------------------------------------------------------------
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers") or []:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
-
-
 def _basic_credentials(scope: Scope) -> tuple[str, str] | None:
-    value = _header(scope, b"authorization")
+    value = header(scope, b"authorization")
     if value is None:
         return None
     scheme, _, token = value.partition(" ")
@@ -208,13 +201,13 @@ def _check_server_call(scope: Scope) -> None:
     "correction" here. A cross-site page can send neither JSON (that needs a preflight, which is not answered)
     nor a request without its ``Origin``; servers send JSON and no ``Origin``.
     """
-    origin = _header(scope, b"origin")
+    origin = header(scope, b"origin")
     if origin is not None:
-        host = _header(scope, b"host") or ""
+        host = header(scope, b"host") or ""
         if urlsplit(origin).netloc.lower() != host.lower():
             raise Refused(403, "the ML backend takes calls from servers such as Label Studio, not from web pages")
     if scope.get("method") == "POST":
-        kind = (_header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
+        kind = (header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
         if kind != "application/json":
             raise Refused(415, "send the request body as JSON with 'Content-Type: application/json'")
 
