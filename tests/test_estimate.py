@@ -51,6 +51,14 @@ def test_estimate_adds_the_new_views_the_steps_and_the_holdout():
     assert estimate_job(1000, 200, config, timed).eval_s == pytest.approx(12.0 * 1200 / 120)
 
 
+def test_crop_views_add_their_views_to_the_fill_even_for_images_already_cached():
+    """Asking for crop views after a job without them costs the new views of every image, old ones too."""
+    pace = Pace.from_version(_version(PACE))
+    config = TrainConfig(steps=120, batch_size=8, minutes=None, crop_views=6)
+    assert estimate_job(100, 20, config, pace).fill_views == 100 * 6
+    assert estimate_job(1000, 200, config, pace).fill_views == 900 * 8 + 100 * 6 + 180
+
+
 def test_a_budget_cut_or_a_long_job_points_at_a_gpu():
     pace = Pace.from_version(_version(PACE))
     cut = estimate_job(1000, 200, TrainConfig(steps=120, batch_size=8, minutes=0.5), pace)

@@ -190,3 +190,50 @@ def test_a_cache_too_small_for_the_set_holds_a_fixed_subset_and_says_so(tmp_path
     # The uncached images get the same fp16 tokens, computed on the spot: the run is the same run.
     losses = [r["loss"] for r in result.history]
     assert losses == pytest.approx([r["loss"] for r in whole.history], rel=1e-3)
+
+
+def test_crop_views_are_fixed_random_crops_of_the_train_recipe(tiny_vit):
+    """View 2 onwards: an S crop of the square resize at an offset (and flip) drawn once per view id, the same
+    pixels in every call and every process; distinct from the centre view; ids past the cap are refused."""
+    from PIL import Image
+
+    from ila_core.training.config import MAX_CROP_VIEWS
+    from ila_core.training.transforms import train_views, view_transform
+
+    prep = preprocess_for(tiny_vit, 32)
+    img = Image.effect_noise((100, 80), 60).convert("RGB")
+    centre = view_transform(prep, 0)(img)
+    crops = [view_transform(prep, v)(img) for v in range(2, 8)]
+    assert all(c.shape == centre.shape for c in crops)
+    assert sum(not torch.equal(c, centre) for c in crops) >= 5  # offsets are drawn, not the centre again
+    torch.testing.assert_close(view_transform(prep, 3)(img), crops[1])  # deterministic per view id
+    with pytest.raises(ValueError, match="view must be one of"):
+        view_transform(prep, 2 + MAX_CROP_VIEWS)
+    assert train_views(True, 3) == (0, 1, 2, 3, 4) and train_views(False) == (0,)
+
+
+def test_crop_views_need_the_flip_and_a_bounded_count():
+    with pytest.raises(ValueError, match="crop_views"):
+        TrainConfig(crop_views=4, hflip=False)
+    with pytest.raises(ValueError, match="crop_views"):
+        TrainConfig(crop_views=33)
+
+
+def test_cached_training_with_crop_views_caches_and_trains_on_them(tmp_path, tiny_backbone, ila_config):
+    """crop_views=K caches K + 2 views per training image (one per holdout image), the epochs draw from all of
+    them, and the LP-FT head still starts from the centre and mirror views only (same start as without crops)."""
+    store_path = write_toy_store(tmp_path, num_classes=3, train_per_class=4, holdout_per_class=2)
+    with LabelStore.open(store_path) as store:
+        data = snapshot(store, tmp_path)
+    cfg = TrainConfig(steps=12, batch_size=4, warmup_steps=1, lr=0.05, drop_rate=0.0, use_feature_cache=True,
+                      freeze_cls_token=True, lp_init=True, crop_views=3)  # fmt: skip
+    plain = FeatureCache(max_memory_mb=64)
+    base = fit(prepare_model(tiny_backbone, ila_config, 3, cfg), data, dataclasses.replace(cfg, crop_views=0),
+               cache=plain)  # fmt: skip
+    cache = FeatureCache(max_memory_mb=64)
+    result = fit(prepare_model(tiny_backbone, ila_config, 3, cfg), data, cfg, cache=cache)
+    assert result.residency.filled_views == len(data.train) * 5 + len(data.holdout)
+    entry = plain.stats()["memory_bytes"] // (len(data.train) * 2 + len(data.holdout))
+    assert cache.stats()["memory_bytes"] == entry * (len(data.train) * 5 + len(data.holdout))
+    assert result.head_init["cv_top1"] == pytest.approx(base.head_init["cv_top1"])
+    assert result.steps == 12 and [r["loss"] for r in result.history] != [r["loss"] for r in base.history]

@@ -4,8 +4,9 @@ Every trained version records its pace (:func:`ila_core.jobs.runner` writes ``ex
 optimiser step, seconds per image view put into the frozen-prefix feature cache, how many images it trained
 on and what the cache could hold. The next job on the same backbone and image size costs about
 
-- the cache fill: the image views not cached yet (images added since that job, both views of a training
-  image, one of a holdout image), at the measured seconds per view;
+- the cache fill: the image views not cached yet (images added since that job, every cached view of a
+  training image, one of a holdout image; the extra views when the job asks for more crop views), at the
+  measured seconds per view;
 - the steps: the planned steps at the measured seconds per step (scaled by batch size), plus, when the
   training set outgrows the cache (:func:`ila_core.training.feature_cache.plan_residency`), the frozen blocks
   for the part of each batch the cache does not hold; the time budget (``minutes``) caps this part only;
@@ -24,6 +25,7 @@ from typing import Any
 
 from ..training.config import TrainConfig
 from ..training.feature_cache import plan_residency
+from ..training.transforms import train_views
 
 __all__ = ["LONG_S", "Estimate", "Pace", "estimate_job", "latest_pace"]
 
@@ -42,7 +44,7 @@ class Pace:
     view_s: float | None  # seconds per image view computed into the feature cache (None: it computed none)
     train_images: int
     holdout_images: int
-    views: int  # cached views per training image (2 with the mirror view)
+    views: int  # cached views per training image (2 with the mirror view, plus any crop views)
     entry_bytes: int | None
     capacity_bytes: int | None
     other_s: float | None = None  # the run's time outside the cache fill and the steps (head fit, evaluations)
@@ -62,7 +64,8 @@ class Pace:
             batch_size=int(config.get("batch_size") or 1),
             view_s=filled / views if views > 0 and filled > 0 else None,
             train_images=int(pace.get("train_images") or 0), holdout_images=int(pace.get("holdout_images") or 0),
-            views=2 if config.get("hflip", True) else 1, entry_bytes=pace.get("entry_bytes"),
+            views=len(train_views(config.get("hflip", True), int(config.get("crop_views") or 0))),
+            entry_bytes=pace.get("entry_bytes"),
             capacity_bytes=pace.get("capacity_bytes"),
             other_s=max(0.0, float(pace["fit_seconds"]) - seconds - filled) if pace.get("fit_seconds") else None,
         )  # fmt: skip
@@ -136,7 +139,7 @@ def estimate_job(train_images: int, holdout_images: int, config: TrainConfig, pa
     batch = max(1, min(config.batch_size, train_images or 1))
     per_epoch = max(1, train_images // batch) if train_images >= batch else 1
     steps = int(config.steps or config.epochs * per_epoch)
-    views = 2 if config.hflip else 1
+    views = len(train_views(config.hflip, config.crop_views))
     view_s = pace.view_s if pace.view_s is not None else _forward_s(pace)
     held = train_images
     if pace.entry_bytes and pace.capacity_bytes:
@@ -145,7 +148,8 @@ def estimate_job(train_images: int, holdout_images: int, config: TrainConfig, pa
     # The images of the pace job are cached (same backbone and size); only the ones added since need filling.
     new_train = max(0, min(train_images, held) - pace.train_images)
     new_holdout = max(0, holdout_images - pace.holdout_images)
-    fill_views = new_train * views + new_holdout
+    # More crop views than the pace job cached: its images need the extra ones too.
+    fill_views = new_train * views + max(0, views - pace.views) * min(held, pace.train_images) + new_holdout
     uncached = 1.0 - held / train_images if train_images else 0.0
     step_s = pace.step_s * batch / max(1, pace.batch_size) + uncached * batch * view_s
     train_s = steps * step_s

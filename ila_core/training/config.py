@@ -34,7 +34,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TrainConfig", "PRESETS", "preset", "resolve_device", "late_ds_locations"]
+MAX_CROP_VIEWS = 32  # fixed random-crop views a cached run may add per training image
+
+__all__ = ["MAX_CROP_VIEWS", "TrainConfig", "PRESETS", "preset", "resolve_device", "late_ds_locations"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class TrainConfig:
     image_size: int | None = None  # None: the backbone's configured size
     resize_ratio: float = 1.34  # square resize to int(ratio * S) before the S crop
     hflip: bool = True
+    crop_views: int = 0  # feature cache only: fixed random crop (+ flip) views cached per training image
     drop_rate: float = 0.1  # dropout inside the frozen blocks, active in train mode (paper)
     minutes: float | None = None  # wall-clock budget for the training steps (not the cache fill); None = no budget
     lp_init: bool = False  # LP-FT: the head starts at a closed-form fit on the initial network's features
@@ -100,6 +103,10 @@ class TrainConfig:
             raise ValueError(f"resize_ratio must be >= 1, got {self.resize_ratio}")
         if not 0.0 <= self.drop_rate < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError("drop_rate and label_smoothing must be in [0, 1)")
+        if not 0 <= self.crop_views <= MAX_CROP_VIEWS:
+            raise ValueError(f"crop_views must be in [0, {MAX_CROP_VIEWS}], got {self.crop_views}")
+        if self.crop_views and not self.hflip:
+            raise ValueError("crop_views are random crops with the flip; they need hflip=True")
         if self.minutes is not None and self.minutes <= 0:
             raise ValueError(f"minutes must be > 0 or None, got {self.minutes}")
         if not (self.device in ("auto", "cpu") or self.device.startswith(("cuda", "mps"))):

@@ -11,12 +11,14 @@ serves them. Every name is importable from this module.
 
 When the training set's tokens do not fit the cache's budget (about 8,000 images of DINOv2-S at 224 px in the
 default 1 GiB memory + 2 GiB disk), a fixed resident subset is cached (:func:`plan_residency`: the first
-training images, both views, then holdout images with what is left) and the rest run the frozen blocks each
+training images, all their views, then holdout images with what is left) and the rest run the frozen blocks each
 time they are used. Nothing is evicted mid-run, so the cached part never thrashes, and the run says how many
 images the cache holds (:attr:`Residency.note`).
 
-Views are fixed: the test transform of the image and of its mirror (the recipe's random crop is given up;
-the flip is kept by picking one of the two views at random each epoch). The prefix always runs in eval mode
+Views are fixed: the test transform of the image and of its mirror, plus ``TrainConfig.crop_views`` fixed
+random crops (with flip) when the recipe asks; each epoch picks one of them per image at random. Without crop
+views the recipe's random crop is given up (the flip is kept); with K of them each image is seen in K + 2 crops
+rather than a new one every step. The prefix always runs in eval mode
 (no backbone dropout there), so cached training differs from the paper recipe in exactly these two points.
 Evaluation uses view 0, which equals the uncached test transform: cached and uncached eval logits agree to
 fp16 precision.
@@ -151,19 +153,21 @@ class CachedFeatures:
 
 
 class CachedDataset(Dataset):
-    """``(prefix tokens as fp32, label)``; training picks view 0 or 1 per sample each epoch, eval uses ``view``."""
+    """``(prefix tokens as fp32, label)``; training picks one of ``views`` per sample each epoch, eval uses ``view``."""
 
     def __init__(
-        self, samples: Sequence[Sample], features: CachedFeatures, *, train: bool, seed: int = 0, view: int = 0
-    ) -> None:
+        self, samples: Sequence[Sample], features: CachedFeatures, *, train: bool, seed: int = 0, view: int = 0,
+        views: Sequence[int] = (0, 1),
+    ) -> None:  # fmt: skip
         self.samples, self.features, self.train, self.seed = list(samples), features, train, seed
+        self.choices = torch.tensor(list(views), dtype=torch.long)
         self._views = torch.full((len(self.samples),), view, dtype=torch.long)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw this epoch's view per sample (deterministic in seed and epoch)."""
         if self.train:
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._views = torch.randint(0, 2, (len(self.samples),), generator=g)
+            self._views = self.choices[torch.randint(0, len(self.choices), (len(self.samples),), generator=g)]
 
     def __len__(self) -> int:
         return len(self.samples)

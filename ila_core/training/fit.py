@@ -42,7 +42,7 @@ from .loop import build_optimizer, evaluate, train_one_epoch
 from .metrics import EvalMetrics
 from .model_setup import prepare_model, seed_everything, share_frozen_weights, zero_adapter_outputs
 from .schedule import CosineWarmup
-from .transforms import Preprocess, eval_transform, preprocess_for, train_transform, view_transform
+from .transforms import Preprocess, eval_transform, preprocess_for, train_transform, train_views, view_transform
 
 __all__ = ["FitResult", "DistContext", "EpochShuffle", "seed_everything", "prepare_model", "share_frozen_weights",
            "zero_adapter_outputs", "fit"]  # fmt: skip
@@ -101,7 +101,7 @@ def _inputs(
 ) -> tuple[_Inputs, FeatureCache | None]:  # fmt: skip
     """Cached prefix tokens when the recipe asks and the prefix is frozen, else images through transforms."""
     plan = plan_prefix(model) if config.use_feature_cache else None
-    views = (0, 1) if config.hflip else (0,)
+    views = train_views(config.hflip)  # the fixed views the LP-FT head is fitted on
     if plan is None:
         if config.use_feature_cache:
             _logger.info("feature cache requested but the patch embedding trains; running uncached")
@@ -111,9 +111,10 @@ def _inputs(
                        False), None  # fmt: skip
     cache = cache or FeatureCache(max_memory_mb=1024)
     features = CachedFeatures(model, plan, prep, cache, backbone_identity(built))
-    residency = _fill_resident(features, data, views, config, stop, progress)
+    trained_views = train_views(config.hflip, config.crop_views)
+    residency = _fill_resident(features, data, trained_views, config, stop, progress)
     fixed = [CachedDataset(data.train, features, train=False, view=v) for v in views]
-    train = CachedDataset(data.train, features, train=config.hflip, seed=config.seed)
+    train = CachedDataset(data.train, features, train=config.hflip, seed=config.seed, views=trained_views)
     holdout = CachedDataset(data.holdout, features, train=False)
     inputs = _Inputs(train, holdout, SuffixModel(model, plan), 0, fixed, True, residency)
     return inputs, cache  # the cache lives in this process

@@ -2,11 +2,14 @@
 
 train: square resize to ``int(ratio * S)`` (bicubic), random ``S`` crop, horizontal flip, normalise.
 test: the same square resize, centre ``S`` crop, normalise (ILA_SPEC 3). The feature cache uses the test
-transform of the image and of its mirror as its two fixed views.
+transform of the image and of its mirror as its two fixed views, and may add fixed random crops (view ids from 2):
+the train transform's crop and flip drawn once per view id, so a cached run still sees the paper's augmentation
+at the price of one prefix pass per view rather than one per step.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import timm.data
@@ -14,9 +17,12 @@ from PIL import Image, ImageOps
 from torch import nn
 from torchvision import transforms as T
 
-__all__ = ["Preprocess", "preprocess_for", "train_transform", "eval_transform", "view_transform", "VIEWS"]
+from .config import MAX_CROP_VIEWS
 
-VIEWS = ("centre", "mirror")  # the feature cache's fixed views: view id = index
+__all__ = ["Preprocess", "preprocess_for", "train_transform", "eval_transform", "view_transform", "train_views",
+           "VIEWS", "MAX_CROP_VIEWS"]
+
+VIEWS = ("centre", "mirror")  # the feature cache's fixed views: view id = index; ids from len(VIEWS) are crops
 
 
 @dataclass(frozen=True)
@@ -62,13 +68,43 @@ def eval_transform(p: Preprocess) -> T.Compose:
 
 
 def view_transform(p: Preprocess, view: int) -> T.Compose:
-    """The test transform of the image (view 0) or of its mirror image (view 1)."""
-    if view not in range(len(VIEWS)):
-        raise ValueError(f"view must be one of 0..{len(VIEWS) - 1}, got {view}")
+    """The test transform of the image (view 0), of its mirror image (view 1), or fixed random crop ``view``.
+
+    A crop view is the train transform with its crop offset and flip drawn once from ``view`` (the same for every
+    image, so a cache key of image and view id names the pixels).
+    """
+    if view not in range(len(VIEWS) + MAX_CROP_VIEWS):
+        raise ValueError(f"view must be one of 0..{len(VIEWS) + MAX_CROP_VIEWS - 1}, got {view}")
     base = eval_transform(p)
     if view == 0:
         return base
-    return T.Compose([T.Lambda(_mirror), *base.transforms])
+    if view == 1:
+        return T.Compose([T.Lambda(_mirror), *base.transforms])
+    rng = random.Random(f"crop-view-{view}")  # str seeds hash the same in every process
+    room = p.resize - p.image_size
+    top, left, flip = rng.randint(0, room), rng.randint(0, room), rng.random() < 0.5
+    steps = [_resize(p), T.Lambda(_Crop(left, top, p.image_size))]
+    if flip:
+        steps.append(T.Lambda(_mirror))
+    return T.Compose([*steps, T.ToTensor(), T.Normalize(p.mean, p.std)])
+
+
+def train_views(hflip: bool, crop_views: int = 0) -> tuple[int, ...]:
+    """View ids a cached run trains on: centre, mirror (with ``hflip``), then ``crop_views`` fixed random crops."""
+    fixed = (0, 1) if hflip else (0,)
+    return fixed + tuple(range(len(VIEWS), len(VIEWS) + crop_views))
+
+
+@dataclass(frozen=True)
+class _Crop:
+    """A fixed ``size`` square crop at (left, top) (picklable, unlike a lambda)."""
+
+    left: int
+    top: int
+    size: int
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return image.crop((self.left, self.top, self.left + self.size, self.top + self.size))
 
 
 def _mirror(image: Image.Image) -> Image.Image:
